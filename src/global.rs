@@ -1,0 +1,193 @@
+//! The global allocator: one static [`Heap`] and a cache per thread.
+//!
+//! `SpanAlloc` is a unit struct; its `GlobalAlloc` methods find the calling
+//! thread's cache in a thread-local and call the mcache fast paths with the
+//! static heap.
+//!
+//! # The thread-local cache
+//!
+//! The cache is a `const`-initialised thread-local with no destructor, so
+//! reaching it is one TLS-relative address: no lazy initialisation, no
+//! "already destroyed" state, no allocation, usable from any thread
+//! (including threads std did not create) and during any thread-local
+//! destructor. A fresh cache has empty windows, so its first allocation
+//! takes the refill slow path, which [`activate`]s it:
+//!
+//! - the first activation in the process creates a pthread key whose
+//!   destructor flushes a thread's cache at exit, and registers `fork`
+//!   handlers;
+//! - the cache's counters join the heap's registry (for `stats()`), and the
+//!   key is set for the thread.
+//!
+//! At thread exit the key destructor runs after Rust's own thread-local
+//! destructors (glibc calls C++-style TLS destructors first), gives every
+//! span back, and marks the cache `Exited`. A thread that still allocates
+//! after that (another key's destructor, say) goes through the heap's
+//! shared fallback cache.
+//!
+//! # fork
+//!
+//! The prepare handler takes every lock of the heap (and of the stack
+//! pools); the parent and the child release them after `fork`. The child
+//! thus starts with a consistent heap; the caches of the threads that do not
+//! exist in the child keep their spans, which are simply never reused.
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::cell::UnsafeCell;
+use core::ptr;
+
+use crate::heap::Heap;
+use crate::mcache::{CacheCore, CacheStats, Mode};
+use crate::stats::Stats;
+use crate::sync::unmodelled::{AtomicUsize, Ordering};
+
+/// The heap behind [`SpanAlloc`].
+pub(crate) static HEAP: Heap = Heap::new();
+
+/// One thread's cache and its counters.
+struct ThreadCache {
+    core: UnsafeCell<CacheCore>,
+    stats: CacheStats,
+}
+
+thread_local! {
+    static CACHE: ThreadCache = const {
+        ThreadCache { core: UnsafeCell::new(CacheCore::new(Mode::ThreadFresh)), stats: CacheStats::new() }
+    };
+}
+
+/// Runs `f` on the calling thread's cache.
+#[inline(always)]
+fn with_cache<R>(f: impl FnOnce(&mut CacheCore, &CacheStats) -> R) -> R {
+    CACHE.with(|tc| {
+        // SAFETY: only this thread reaches its cache, and the allocator never
+        // re-enters itself, so this is the only reference.
+        f(unsafe { &mut *tc.core.get() }, &tc.stats)
+    })
+}
+
+/// spanalloc as Rust's global allocator:
+///
+/// ```
+/// #[global_allocator]
+/// static A: spanalloc::SpanAlloc = spanalloc::SpanAlloc;
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SpanAlloc;
+
+// SAFETY: the mcache and mheap return blocks of at least the layout's size
+// and alignment, disjoint from every other live block, or null.
+unsafe impl GlobalAlloc for SpanAlloc {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        with_cache(|c, s| c.alloc(&HEAP, s, layout.size(), layout.align()))
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: GlobalAlloc's contract: ptr came from us with this layout.
+        with_cache(|c, s| unsafe { c.dealloc(&HEAP, s, ptr, layout.size(), layout.align()) })
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        with_cache(|c, s| c.alloc_zeroed(&HEAP, s, layout.size(), layout.align()))
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: GlobalAlloc's contract, forwarded.
+        with_cache(|c, s| unsafe { c.realloc(&HEAP, s, ptr, layout.size(), layout.align(), new_size) })
+    }
+}
+
+/// Gives memory back to the OS now: flushes the calling thread's cache,
+/// returns every empty span to the mheap and releases every free page
+/// (`MADV_DONTNEED`). Without this call the same happens gradually, a
+/// scavenger tick after memory was freed.
+pub fn release() {
+    with_cache(|c, _| {
+        if c.mode == Mode::ThreadActive {
+            c.flush(&HEAP);
+        }
+    });
+    HEAP.release();
+}
+
+/// A snapshot of the global allocator's statistics (see [`Stats`]).
+pub fn stats() -> Stats {
+    HEAP.stats()
+}
+
+// ---------------------------------------------------------------------------
+// Thread registration, thread exit and fork.
+
+/// 0: not set up; 1: being set up; 2: ready; 3: no thread-exit key.
+static HOOKS: AtomicUsize = AtomicUsize::new(0);
+/// The pthread key whose destructor flushes a thread's cache.
+static KEY: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets up a thread's cache on its first refill.
+pub(crate) fn activate(heap: &Heap, core: &mut CacheCore, stats: &CacheStats) {
+    core.mode = Mode::ThreadActive;
+    if !ptr::eq(heap, &HEAP) {
+        return;
+    }
+    let hooks = process_hooks();
+    // SAFETY: the counters live in this thread's TLS until the key
+    // destructor unregisters them.
+    unsafe { HEAP.register(stats) };
+    if hooks == 2 {
+        let tc = CACHE.with(|tc| tc as *const ThreadCache);
+        // SAFETY: the key exists; the value is this thread's cache.
+        unsafe { libc::pthread_setspecific(KEY.load(Ordering::Relaxed) as libc::pthread_key_t, tc.cast()) };
+    }
+}
+
+/// Creates the thread-exit key and the fork handlers, once per process.
+fn process_hooks() -> usize {
+    loop {
+        match HOOKS.compare_exchange(0, 1, Ordering::Acquire, Ordering::Acquire) {
+            Ok(_) => break,
+            Err(1) => {
+                // SAFETY: sched_yield has no preconditions.
+                unsafe { libc::sched_yield() };
+            }
+            Err(done) => return done,
+        }
+    }
+    let mut key: libc::pthread_key_t = 0;
+    // SAFETY: `thread_exit` matches the destructor signature.
+    let ok = unsafe { libc::pthread_key_create(&mut key, Some(thread_exit)) } == 0;
+    KEY.store(key as usize, Ordering::Relaxed);
+    // SAFETY: the handlers are plain functions valid for the whole process.
+    unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
+    let state = if ok { 2 } else { 3 };
+    HOOKS.store(state, Ordering::Release);
+    state
+}
+
+/// The key destructor: gives a dying thread's spans back.
+unsafe extern "C" fn thread_exit(arg: *mut libc::c_void) {
+    // SAFETY: the key's value is the exiting thread's own cache, alive
+    // until the thread is gone.
+    let tc = unsafe { &*(arg as *const ThreadCache) };
+    let core = unsafe { &mut *tc.core.get() };
+    core.flush(&HEAP);
+    HEAP.unregister(&tc.stats);
+    core.mode = Mode::Exited;
+}
+
+extern "C" fn fork_prepare() {
+    HEAP.for_each_lock(|l| l.lock());
+}
+
+extern "C" fn fork_parent() {
+    // SAFETY: fork_prepare took these locks on this thread.
+    HEAP.for_each_lock(|l| unsafe { l.unlock() });
+}
+
+extern "C" fn fork_child() {
+    // SAFETY: the child's only thread inherited the locks fork_prepare took.
+    HEAP.for_each_lock(|l| unsafe { l.unlock() });
+}

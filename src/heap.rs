@@ -1,0 +1,286 @@
+//! `Heap`: the mheap and the mcentrals together, as a value.
+//!
+//! A `Heap` is everything spanalloc shares between threads: the page
+//! allocator ([`crate::mheap`]), one [`crate::mcentral`] per size class, the
+//! registry of thread caches whose counters [`Heap::stats`] sums, and a
+//! fallback cache for threads that allocate after their own cache was
+//! flushed at exit. The global allocator is one `static` `Heap`
+//! ([`crate::global`]); tests, loom models and runtimes can make their own
+//! and allocate from it through [`MCache`]s.
+//!
+//! The heap also decides when the scavenger runs: [`Heap::maybe_tick`] is
+//! called from the caches' slow paths and does the work of a tick (empty
+//! spans back to the mheap, pages free since the last tick back to the OS)
+//! at most every [`crate::mheap::TICK_MS`].
+
+use core::ptr;
+
+use crate::arena;
+use crate::mcache::{CacheCore, CacheStats, MCache, Mode};
+use crate::mcentral::MCentral;
+use crate::mheap::MHeap;
+use crate::mspan::{Span, SpanKind};
+use crate::report;
+use crate::sizeclass::{CLASSES, NUM_CLASSES, PAGE_SIZE};
+use crate::stats::Stats;
+use crate::sync::unmodelled::Ordering;
+use crate::sync::{Mutex, const_fn_unless_loom};
+
+/// A heap: mheap + mcentrals. See the module docs.
+pub struct Heap {
+    pub(crate) mheap: MHeap,
+    pub(crate) central: [MCentral; NUM_CLASSES],
+    /// Thread caches whose counters `stats` reads.
+    registry: Mutex<Registry>,
+    /// Counters of caches that are gone.
+    retired: CacheStats,
+    /// The cache threads use after their own was flushed at exit.
+    fallback: Mutex<CacheCore>,
+    fallback_stats: CacheStats,
+}
+
+// SAFETY: everything shared is behind locks or atomics (see each level).
+unsafe impl Sync for Heap {}
+unsafe impl Send for Heap {}
+
+struct Registry {
+    head: *const CacheStats,
+}
+
+// SAFETY: the registry only links counters of live thread caches, touched
+// under its lock.
+unsafe impl Send for Registry {}
+
+impl Heap {
+    const_fn_unless_loom! {
+        /// A new, empty heap. It reserves memory only when first used.
+        pub fn new() -> Heap {
+            Heap {
+                mheap: MHeap::new(),
+                central: new_centrals(),
+                registry: Mutex::new(Registry { head: ptr::null() }),
+                retired: CacheStats::new(),
+                fallback: Mutex::new(CacheCore::new(Mode::Explicit)),
+                fallback_stats: CacheStats::new(),
+            }
+        }
+    }
+
+    /// A new cache for this heap (see [`MCache`]).
+    pub fn cache(&self) -> MCache<'_> {
+        MCache::new(self)
+    }
+
+    /// Gives memory back to the OS now: every empty span goes back to the
+    /// mheap and every free page is released with `MADV_DONTNEED`. Spans in
+    /// caches stay where they are (flush a cache first to include it).
+    pub fn release(&self) {
+        for central in &self.central[1..] {
+            central.release_empty(self);
+        }
+        self.mheap.scavenge(true);
+    }
+
+    /// A snapshot of the heap's statistics.
+    pub fn stats(&self) -> Stats {
+        let mut s = Stats::default();
+        let add = |s: &mut Stats, cs: &CacheStats| {
+            for c in 1..NUM_CLASSES {
+                s.by_class[c].mallocs += cs.classes[c].mallocs.get();
+                s.by_class[c].frees += cs.classes[c].frees.get();
+            }
+        };
+        add(&mut s, &self.retired);
+        add(&mut s, &self.fallback_stats);
+        {
+            let reg = self.registry.lock();
+            let mut at = reg.head;
+            // SAFETY: registered counters stay alive until they unregister,
+            // which takes this lock.
+            while let Some(cs) = unsafe { at.as_ref() } {
+                add(&mut s, cs);
+                at = unsafe { (*cs.links.get()).1 };
+            }
+        }
+        for c in 1..NUM_CLASSES {
+            let (partial, empty, full) = self.central[c].counts();
+            s.by_class[c].central_partial = partial as u32;
+            s.by_class[c].central_empty = empty as u32;
+            s.by_class[c].central_full = full as u32;
+        }
+        let k = &self.mheap.counters;
+        s.large_mallocs = k.large_allocs.get();
+        s.large_frees = k.large_frees.get();
+        s.large_bytes = k.large_bytes.get();
+        s.heap_idle = k.free_pages.get() * PAGE_SIZE as u64;
+        s.heap_released = k.released_pages.get() * PAGE_SIZE as u64;
+        s.heap_sys = k.sys_pages.get() * PAGE_SIZE as u64;
+        s.metadata = k.meta_bytes.get();
+        s.cached = k.cached_pages.get() * PAGE_SIZE as u64;
+        s.finish(k.small_pages.get());
+        s
+    }
+
+    // -----------------------------------------------------------------------
+    // For the caches.
+
+    /// A large object (or any object when `zero` asks for zeroed memory
+    /// and the pages may be dirty, zeroed here).
+    pub(crate) fn alloc_large(&self, size: usize, align: usize, zero: bool) -> *mut u8 {
+        self.maybe_tick();
+        let (p, needzero) = self.mheap.alloc_large(size, align);
+        if zero && needzero && !p.is_null() {
+            // SAFETY: the object holds at least `size` writable bytes.
+            unsafe { ptr::write_bytes(p, 0, size) };
+        }
+        p
+    }
+
+    pub(crate) fn free_large(&self, addr: usize) {
+        self.mheap.free_large(addr);
+        self.maybe_tick();
+    }
+
+    /// The span of a small object at `addr` of `class`, or a fatal report
+    /// saying what is wrong with the pointer.
+    #[inline]
+    pub(crate) fn small_span_of(&self, addr: usize, class: usize) -> &Span {
+        let Some((meta, span)) = arena::span_of(addr) else {
+            report::invalid_free(addr);
+        };
+        if meta.heap_id != self.mheap.id.load(Ordering::Relaxed) {
+            report::wrong_heap(addr);
+        }
+        // SAFETY: a non-null page entry points at a live record.
+        let Some(span) = (unsafe { span.as_ref() }) else {
+            report::invalid_free(addr);
+        };
+        if span.kind != SpanKind::Small || span.class as usize != class {
+            let actual = if span.kind == SpanKind::Small { span.elem_size as usize } else { span.npages * PAGE_SIZE };
+            report::layout_mismatch(addr, CLASSES[class].size as usize, actual);
+        }
+        span
+    }
+
+    /// Runs a scavenger tick if one is due.
+    #[inline]
+    pub(crate) fn maybe_tick(&self) {
+        if self.mheap.tick_due() {
+            self.tick();
+        }
+    }
+
+    #[cold]
+    fn tick(&self) {
+        for central in &self.central[1..] {
+            central.release_empty(self);
+        }
+        self.mheap.scavenge(false);
+    }
+
+    /// Allocates through the shared fallback cache.
+    #[cold]
+    pub(crate) fn fallback_alloc(&self, size: usize, align: usize) -> *mut u8 {
+        self.fallback.lock().alloc(self, &self.fallback_stats, size, align)
+    }
+
+    /// Frees through the shared fallback cache.
+    #[cold]
+    pub(crate) fn fallback_dealloc(&self, addr: usize, size: usize, align: usize) {
+        // SAFETY: the caller validated `addr` as a live object of this size.
+        unsafe { self.fallback.lock().dealloc(self, &self.fallback_stats, addr as *mut u8, size, align) }
+    }
+
+    /// Adds a dropped cache's counters to the heap's.
+    pub(crate) fn absorb_stats(&self, stats: &CacheStats) {
+        for c in 1..NUM_CLASSES {
+            let (from, to) = (&stats.classes[c], &self.retired.classes[c]);
+            to.mallocs.add_shared(from.mallocs.get());
+            to.frees.add_shared(from.frees.get());
+        }
+    }
+
+    /// Puts a thread cache's counters on the registry.
+    ///
+    /// # Safety
+    /// `stats` must stay at its address until [`Heap::unregister`].
+    pub(crate) unsafe fn register(&self, stats: &CacheStats) {
+        let mut reg = self.registry.lock();
+        let me = stats as *const CacheStats;
+        // SAFETY: links are only touched under the registry lock.
+        unsafe {
+            *stats.links.get() = (ptr::null(), reg.head);
+            if let Some(h) = reg.head.as_ref() {
+                (*h.links.get()).0 = me;
+            }
+        }
+        reg.head = me;
+    }
+
+    /// Takes a thread cache's counters off the registry, keeping their sums.
+    pub(crate) fn unregister(&self, stats: &CacheStats) {
+        let mut reg = self.registry.lock();
+        // SAFETY: links are only touched under the registry lock, and
+        // registered counters are alive.
+        unsafe {
+            let (prev, next) = *stats.links.get();
+            match prev.as_ref() {
+                Some(p) => (*p.links.get()).1 = next,
+                None => reg.head = next,
+            }
+            if let Some(n) = next.as_ref() {
+                (*n.links.get()).0 = prev;
+            }
+            *stats.links.get() = (ptr::null(), ptr::null());
+        }
+        self.absorb_stats(stats);
+        drop(reg);
+    }
+
+    /// Called on a thread cache's first refill.
+    pub(crate) fn activate_thread_cache(&self, core: &mut CacheCore, stats: &CacheStats) {
+        #[cfg(not(loom))]
+        crate::global::activate(self, core, stats);
+        #[cfg(loom)]
+        {
+            let _ = stats;
+            core.mode = Mode::ThreadActive;
+        }
+    }
+
+    /// Every lock of the heap, in the order `fork` must take them.
+    #[cfg(not(loom))]
+    pub(crate) fn for_each_lock(&self, mut f: impl FnMut(&crate::sync::RawLock)) {
+        f(self.fallback.raw());
+        for central in &self.central[1..] {
+            f(central.lock_for_fork());
+        }
+        f(self.mheap.lock_for_fork());
+        f(self.registry.raw());
+    }
+}
+
+impl Default for Heap {
+    fn default() -> Self {
+        Heap::new()
+    }
+}
+
+impl Drop for Heap {
+    fn drop(&mut self) {
+        // No cache can outlive the heap (they borrow it), so every span is
+        // in an mcentral or the fallback cache; the mheap unmaps it all.
+        let heap: &Heap = self;
+        heap.fallback.lock().flush(heap);
+    }
+}
+
+#[cfg(not(loom))]
+const fn new_centrals() -> [MCentral; NUM_CLASSES] {
+    [const { MCentral::new() }; NUM_CLASSES]
+}
+
+#[cfg(loom)]
+fn new_centrals() -> [MCentral; NUM_CLASSES] {
+    core::array::from_fn(|_| MCentral::new())
+}

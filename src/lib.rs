@@ -1,0 +1,58 @@
+//! spanalloc: Go's runtime allocator, rebuilt for Rust.
+//!
+//! A three-level span allocator that a Rust program installs with one line:
+//!
+//! ```
+//! #[global_allocator]
+//! static A: spanalloc::SpanAlloc = spanalloc::SpanAlloc;
+//! ```
+//!
+//! # The levels
+//!
+//! ```text
+//!  alloc(layout) ─► size class ─► mcache (this thread) ─miss─► mcentral[class] ─empty─► mheap ─grow─► os (mmap)
+//!  dealloc(ptr, layout) ─► span of ptr ─► ours? window bit : deferred remote free (no lock)
+//! ```
+//!
+//! - [`sizeclass`]: Go's 67 size classes up to 32 KiB and the O(1) lookup.
+//! - `mcache`: one per thread (or an explicit [`MCache`] value); a 64-object
+//!   window per class makes alloc and free a few instructions with no lock
+//!   and no atomic read-modify-write.
+//! - `mcentral`: per size class, the spans no mcache holds, behind a lock;
+//!   an mcache takes a whole span per refill.
+//! - `mheap`: pages from 64 MiB arenas, first-fit over bitmaps, span
+//!   records off the user's memory, an O(1) pointer → span map; objects over
+//!   32 KiB are spans of their own; free pages go back to the OS after a
+//!   decay, or at once with [`release`].
+//! - `mspan`: a span's objects, with lock-free frees from other threads.
+//! - [`Heap`]: mheap + mcentrals as a value; the global allocator is one
+//!   static `Heap`.
+//!
+//! `ARCHITECTURE.md` in the repository is the map: the data that moves
+//! between the levels, the invariants, and where each lives.
+//!
+//! Misuse that can be detected (freeing a foreign pointer, a double free, a
+//! layout of the wrong size class) aborts with a message that names
+//! spanalloc, the fault and the address.
+
+#![warn(missing_docs)]
+
+mod arena;
+#[cfg(not(loom))]
+mod global;
+mod heap;
+mod mcache;
+mod mcentral;
+mod mheap;
+mod mspan;
+mod os;
+mod report;
+pub mod sizeclass;
+mod stats;
+mod sync;
+
+#[cfg(not(loom))]
+pub use global::{SpanAlloc, release, stats};
+pub use heap::Heap;
+pub use mcache::MCache;
+pub use stats::{ClassStats, StackStats, Stats};

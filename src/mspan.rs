@@ -1,0 +1,544 @@
+//! mspan: a run of pages and the state of the objects in it.
+//!
+//! A span is a run of runtime pages handed out by the mheap. A small span is
+//! cut into `nelems` objects of one size class; a large span is one object.
+//! The `Span` record lives in allocator metadata (the mheap's span pool),
+//! never in the pages it describes, so nothing a user writes into an object
+//! can corrupt it (invariant 2).
+//!
+//! # Who may touch what
+//!
+//! - **Identity** (`base`, `class`, `nelems`, ...) is written by the mheap
+//!   while it alone holds the span and read by anyone holding a pointer into
+//!   it.
+//! - **The owner view** (`owned`: the free bitmap, the mcentral list links)
+//!   belongs to the span's single owner: the mcache that caches it, or its
+//!   mcentral under the mcentral's lock (invariant 1). A bit set in
+//!   `free_bits` is a free object.
+//! - **The shared part** (`state`, `remote_bits`) is where frees from
+//!   anyone but the owner land, lock-free.
+//!
+//! # Frees that are not the owner's
+//!
+//! A thread that frees an object of a span it does not own sets the
+//! object's bit in `remote_bits` (`fetch_or`), *then* adds the number of
+//! bits it set to `pending` in `state` (a CAS). The owner merges remote bits
+//! into its bitmap when it runs out of free objects ([`Span::collect`]).
+//! The free itself takes no lock; callers batch frees of one bitmap word so
+//! a stream of frees into one span costs one `fetch_or` and one CAS per
+//! word.
+//!
+//! `state` packs, in one atomic word:
+//!
+//! | bits  | field      | meaning |
+//! |-------|------------|---------|
+//! | 0     | `CENTRAL`  | the mcentral owns the span (no mcache does) |
+//! | 1     | `FULL`     | ... and it sits on no list: no free object at hand-over |
+//! | 2     | `NOTIFIED` | a freer has queued the span for its mcentral to look at |
+//! | 8-23  | `nalloc`   | objects allocated when the mcentral took the span |
+//! | 32-63 | `pending`  | remote frees counted and not yet merged (signed) |
+//!
+//! While the mcentral owns a span nobody allocates from it, so a freer's
+//! CAS sees the whole story: when `pending` rises above zero on a `FULL`
+//! span, the span has become reusable; when `pending` reaches `nalloc`,
+//! every object is free. In either case the freer sets `NOTIFIED` and
+//! pushes the span on its mcentral's notify stack; the mcentral moves it
+//! (to the partial list, or the empty list and on to the mheap) under its
+//! lock. `NOTIFIED` is cleared only by that drain, so a span is on the
+//! stack at most once, and a span is given back to the mheap only when it
+//! is not `NOTIFIED` and `pending == nalloc`: then no freer can still be
+//! touching it.
+//!
+//! `pending` may dip below zero: the owner merges every bit it finds, and a
+//! freer whose bits were merged may not have counted them yet. Such a freer
+//! brings `pending` back up; the `pending == nalloc` test above can only
+//! succeed once every freer has counted.
+
+use core::ptr;
+
+use crate::report;
+use crate::sizeclass::CLASSES;
+use crate::sync::UnsafeCell;
+use crate::sync::atomic::{AtomicU64, Ordering};
+
+/// What a span is used for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum SpanKind {
+    /// In the mheap's span pool, describing nothing.
+    Free = 0,
+    /// Objects of one size class.
+    Small = 1,
+    /// One large object.
+    Large = 2,
+}
+
+/// Which mcentral list a span is on (meaningful while the mcentral owns it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ListId {
+    /// Not on an mcentral list (owned by an mcache, or by the mheap).
+    None,
+    /// Has free objects.
+    Partial,
+    /// Every object is free.
+    Empty,
+    /// Owned by the mcentral with no free object, on no list; a remote free
+    /// brings it back through the notify stack.
+    Full,
+}
+
+/// The owner's view of a span (see the module docs for who the owner is).
+#[derive(Debug)]
+pub(crate) struct Owned {
+    /// Free objects in `free_bits` (the owner's own count; an mcache's
+    /// current window is held outside the bitmap and not counted here).
+    pub(crate) nfree: u32,
+    /// mcentral list links (also the mheap's span-pool link).
+    pub(crate) prev: *mut Span,
+    pub(crate) next: *mut Span,
+    pub(crate) list: ListId,
+    /// Empty since the last scavenger tick (see `mcentral`).
+    pub(crate) aged: bool,
+}
+
+pub(crate) const CENTRAL: u64 = 1;
+pub(crate) const FULL: u64 = 2;
+pub(crate) const NOTIFIED: u64 = 4;
+const NALLOC_SHIFT: u32 = 8;
+const NALLOC_MASK: u64 = 0xffff << NALLOC_SHIFT;
+const PENDING_SHIFT: u32 = 32;
+
+/// Decoders for the packed `state` word.
+#[inline]
+pub(crate) fn pending(state: u64) -> i32 {
+    (state >> PENDING_SHIFT) as u32 as i32
+}
+
+#[inline]
+pub(crate) fn nalloc(state: u64) -> i32 {
+    ((state & NALLOC_MASK) >> NALLOC_SHIFT) as i32
+}
+
+#[inline]
+fn with_nalloc(state: u64, n: u32) -> u64 {
+    (state & !NALLOC_MASK) | ((n as u64) << NALLOC_SHIFT)
+}
+
+#[inline]
+fn add_pending(state: u64, k: i32) -> u64 {
+    state.wrapping_add(((k as i64) << PENDING_SHIFT) as u64)
+}
+
+/// A span record. See the module docs.
+#[repr(C, align(64))]
+pub(crate) struct Span {
+    /// First byte of the span's pages.
+    pub(crate) base: usize,
+    /// Number of runtime pages.
+    pub(crate) npages: usize,
+    /// Object size (small) or bytes requested (large).
+    pub(crate) elem_size: u32,
+    pub(crate) div_magic: u32,
+    pub(crate) nelems: u32,
+    pub(crate) class: u8,
+    pub(crate) kind: SpanKind,
+    /// Bitmap words (capacity of the storage after the record).
+    pub(crate) words: u8,
+    /// Span-pool bucket this record came from.
+    pub(crate) bucket: u8,
+    /// Large spans: some page may hold old data (see `alloc_zeroed`).
+    pub(crate) needzero: bool,
+    pub(crate) owned: UnsafeCell<Owned>,
+    /// Free bitmap storage (`words` words, owner view; read only through
+    /// `owned`).
+    free_bits: *mut u64,
+    /// Remote-free bitmap storage (`words` words).
+    remote_bits: *const AtomicU64,
+    pub(crate) state: AtomicU64,
+    /// Link on the mcentral's notify stack.
+    pub(crate) notify_next: UnsafeCell<*mut Span>,
+}
+
+// SAFETY: a span is shared between threads by design; every mutable field
+// is an atomic or sits behind `UnsafeCell` with the ownership rules above.
+unsafe impl Send for Span {}
+unsafe impl Sync for Span {}
+
+/// Bitmap storage per span-pool bucket (words). Bucket 0 (no bitmap) is for
+/// large spans.
+pub(crate) const BUCKET_WORDS: [usize; 6] = [0, 1, 2, 4, 8, 16];
+
+/// The bucket whose bitmaps hold `words` words.
+pub(crate) fn bucket_for(words: usize) -> usize {
+    let mut b = 0;
+    while BUCKET_WORDS[b] < words {
+        b += 1;
+    }
+    b
+}
+
+/// Bytes of a span record plus its bitmaps in `bucket`.
+pub(crate) fn record_bytes(bucket: usize) -> usize {
+    let raw = size_of::<Span>() + 2 * 8 * BUCKET_WORDS[bucket];
+    (raw + 63) & !63
+}
+
+/// Outcome of a remote free that must wake the mcentral.
+pub(crate) type Notify = bool;
+
+impl Span {
+    /// Builds a record in place in fresh metadata memory.
+    ///
+    /// # Safety
+    /// `at` must be valid for `record_bytes(bucket)` bytes, 64-aligned, and
+    /// not in use.
+    pub(crate) unsafe fn create(at: *mut Span, bucket: usize) -> *mut Span {
+        let words = BUCKET_WORDS[bucket];
+        // SAFETY: the caller gives us the whole record; the bitmaps follow
+        // the struct inside it.
+        unsafe {
+            let free_bits = at.add(1).cast::<u64>();
+            let remote_bits = free_bits.add(words).cast::<AtomicU64>();
+            for i in 0..words {
+                free_bits.add(i).write(0);
+                remote_bits.add(i).write(AtomicU64::new(0));
+            }
+            at.write(Span {
+                base: 0,
+                npages: 0,
+                elem_size: 0,
+                div_magic: 0,
+                nelems: 0,
+                class: 0,
+                kind: SpanKind::Free,
+                words: words as u8,
+                bucket: bucket as u8,
+                needzero: false,
+                owned: UnsafeCell::new(Owned {
+                    nfree: 0,
+                    prev: ptr::null_mut(),
+                    next: ptr::null_mut(),
+                    list: ListId::None,
+                    aged: false,
+                }),
+                free_bits,
+                remote_bits,
+                state: AtomicU64::new(0),
+                notify_next: UnsafeCell::new(ptr::null_mut()),
+            });
+        }
+        at
+    }
+
+    /// Makes this record describe a small span of `class` at `base`, every
+    /// object free, owned by whoever asked the mheap for it.
+    ///
+    /// # Safety
+    /// The caller (the mheap, under its lock) must be the record's only user.
+    pub(crate) unsafe fn init_small(&mut self, base: usize, class: usize) {
+        let info = CLASSES[class];
+        self.base = base;
+        self.npages = info.pages as usize;
+        self.elem_size = info.size;
+        self.div_magic = info.div_magic;
+        self.nelems = info.nelems;
+        self.class = class as u8;
+        self.kind = SpanKind::Small;
+        self.needzero = false;
+        let words = info.nelems.div_ceil(64) as usize;
+        debug_assert!(words <= self.words as usize);
+        let (free_bits, remote) = (self.free_bits, self.remote_bits);
+        self.owned.with_mut(|o| {
+            // SAFETY: the caller is the only user of the record.
+            let o = unsafe { &mut *o };
+            o.nfree = info.nelems;
+            o.prev = ptr::null_mut();
+            o.next = ptr::null_mut();
+            o.list = ListId::None;
+            o.aged = false;
+            for w in 0..words {
+                let left = info.nelems as usize - w * 64;
+                let bits = if left >= 64 { !0 } else { (1u64 << left) - 1 };
+                // SAFETY: w < words <= capacity.
+                unsafe {
+                    free_bits.add(w).write(bits);
+                    (*remote.add(w)).store(0, Ordering::Relaxed);
+                }
+            }
+        });
+        self.state.store(0, Ordering::Relaxed);
+    }
+
+    /// Makes this record describe one large object of `npages` pages.
+    pub(crate) fn init_large(&mut self, base: usize, npages: usize, size: usize, needzero: bool) {
+        self.base = base;
+        self.npages = npages;
+        self.elem_size = size.min(u32::MAX as usize) as u32;
+        self.div_magic = 0;
+        self.nelems = 1;
+        self.class = 0;
+        self.kind = SpanKind::Large;
+        self.needzero = needzero;
+        self.state.store(0, Ordering::Relaxed);
+    }
+
+    /// Words of bitmap in use for this span's objects.
+    #[inline]
+    pub(crate) fn used_words(&self) -> usize {
+        (self.nelems as usize).div_ceil(64)
+    }
+
+    /// The object index of `addr`, or `None` if `addr` is not the start of
+    /// one of the span's objects.
+    #[inline]
+    pub(crate) fn object_index(&self, addr: usize) -> Option<usize> {
+        let off = addr.wrapping_sub(self.base);
+        if off >= self.nelems as usize * self.elem_size as usize {
+            return None;
+        }
+        let idx = (off as u64 * self.div_magic as u64 >> 32) as usize;
+        if idx * self.elem_size as usize == off { Some(idx) } else { None }
+    }
+
+    /// Address of object `idx`.
+    #[inline]
+    pub(crate) fn object_addr(&self, idx: usize) -> usize {
+        self.base + idx * self.elem_size as usize
+    }
+
+    // -----------------------------------------------------------------------
+    // The owner view. Callers must own the span (be its mcache, or hold its
+    // mcentral's lock while the mcentral owns it).
+
+    /// Runs `f` on the owner view and the free bitmap.
+    #[inline]
+    pub(crate) fn with_owned<R>(&self, f: impl FnOnce(&mut Owned, &mut [u64]) -> R) -> R {
+        let words = self.used_words();
+        let bits = self.free_bits;
+        self.owned.with_mut(|o| {
+            // SAFETY: the caller owns the span, so nobody else touches the
+            // owner view or the bitmap (loom checks this through `owned`).
+            unsafe { f(&mut *o, core::slice::from_raw_parts_mut(bits, words)) }
+        })
+    }
+
+    /// Takes the free objects of the first bitmap word at or after `from`
+    /// (cyclically) that has any, clearing it. Returns (word, bits).
+    pub(crate) fn take_word(&self, from: usize) -> Option<(usize, u64)> {
+        self.with_owned(|o, bits| {
+            let n = bits.len();
+            for k in 0..n {
+                let w = (from + k) % n;
+                let b = bits[w];
+                if b != 0 {
+                    bits[w] = 0;
+                    o.nfree -= b.count_ones();
+                    return Some((w, b));
+                }
+            }
+            None
+        })
+    }
+
+    /// Puts free objects back into bitmap word `w` (an mcache's window, or a
+    /// local free). Returns the bits that were already free (a double free)
+    /// — zero when all is well; nothing is changed in that case.
+    pub(crate) fn give_back(&self, w: usize, mask: u64) -> u64 {
+        self.with_owned(|o, bits| {
+            let dup = bits[w] & mask;
+            if dup == 0 {
+                bits[w] |= mask;
+                o.nfree += mask.count_ones();
+            }
+            dup
+        })
+    }
+
+    /// Merges the remote frees into the owner's bitmap. Returns how many
+    /// objects it merged. Aborts on an object freed twice.
+    pub(crate) fn collect(&self) -> u32 {
+        if pending(self.state.load(Ordering::Acquire)) <= 0 {
+            return 0;
+        }
+        let remote = self.remote_bits;
+        let (merged, dup) = self.with_owned(|o, bits| {
+            let mut merged = 0;
+            for (w, word) in bits.iter_mut().enumerate() {
+                // SAFETY: w < used_words <= capacity.
+                let r = unsafe { &*remote.add(w) };
+                if r.load(Ordering::Relaxed) == 0 {
+                    continue;
+                }
+                let got = r.swap(0, Ordering::Acquire);
+                if *word & got != 0 {
+                    return (merged, Some((w, *word & got)));
+                }
+                *word |= got;
+                merged += got.count_ones();
+            }
+            o.nfree += merged;
+            (merged, None)
+        });
+        if let Some((w, dup)) = dup {
+            report::double_free(self.object_addr(w * 64 + dup.trailing_zeros() as usize), self.elem_size as usize);
+        }
+        if merged > 0 {
+            self.state.fetch_sub((merged as u64) << PENDING_SHIFT, Ordering::AcqRel);
+        }
+        merged
+    }
+
+    /// Hands the span from its mcache to the mcentral: the caller holds the
+    /// mcentral's lock and has put its window back. Returns the state now
+    /// published (with `CENTRAL` set).
+    pub(crate) fn publish_central(&self) -> u64 {
+        let nfree = self.with_owned(|o, _| o.nfree);
+        let nalloc_now = self.nelems - nfree;
+        let mut s = self.state.load(Ordering::Relaxed);
+        loop {
+            let mut n = with_nalloc(s, nalloc_now) | CENTRAL;
+            n &= !FULL;
+            if nfree == 0 && pending(s) <= 0 {
+                n |= FULL;
+            }
+            match self.state.compare_exchange_weak(s, n, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return n,
+                Err(x) => s = x,
+            }
+        }
+    }
+
+    /// Takes the span from the mcentral for an mcache (caller holds the
+    /// mcentral's lock). Keeps `pending` and `NOTIFIED`.
+    pub(crate) fn claim_for_cache(&self) {
+        let mut s = self.state.load(Ordering::Relaxed);
+        loop {
+            let n = with_nalloc(s, 0) & !(CENTRAL | FULL);
+            match self.state.compare_exchange_weak(s, n, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(x) => s = x,
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------
+    // Frees from anyone but the owner.
+
+    /// Frees the objects `mask` of bitmap word `w` from a thread that does
+    /// not own the span. Returns whether the caller must push the span on its
+    /// mcentral's notify stack ([`crate::mcentral::MCentral::notify`]).
+    /// Aborts on an object freed twice.
+    pub(crate) fn free_remote(&self, w: usize, mask: u64) -> Notify {
+        debug_assert!(w < self.used_words());
+        // SAFETY: w < used_words <= capacity.
+        let word = unsafe { &*self.remote_bits.add(w) };
+        let prev = word.fetch_or(mask, Ordering::Release);
+        if prev & mask != 0 {
+            let dup = prev & mask;
+            report::double_free(self.object_addr(w * 64 + dup.trailing_zeros() as usize), self.elem_size as usize);
+        }
+        let k = mask.count_ones() as i32;
+        let mut s = self.state.load(Ordering::Relaxed);
+        loop {
+            let n = add_pending(s, k);
+            let wake = s & (CENTRAL | NOTIFIED) == CENTRAL
+                && ((s & FULL != 0 && pending(s) <= 0 && pending(n) > 0) || pending(n) == nalloc(n));
+            let n = if wake { n | NOTIFIED } else { n };
+            match self.state.compare_exchange_weak(s, n, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return wake,
+                Err(x) => s = x,
+            }
+        }
+    }
+
+    /// Clears `NOTIFIED` if the state is still `s`, optionally updating
+    /// `FULL` (the mcentral's drain, under its lock).
+    pub(crate) fn finish_notify(&self, s: u64, full: bool) -> bool {
+        let mut n = s & !(NOTIFIED | FULL);
+        if full {
+            n |= FULL;
+        }
+        self.state.compare_exchange(s, n, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// Retires an mcentral span whose objects are all free so the mheap can
+    /// take it back. Fails if a free is still on its way (or queued).
+    pub(crate) fn retire(&self) -> bool {
+        let s = self.state.load(Ordering::Acquire);
+        if s & (CENTRAL | NOTIFIED) != CENTRAL || pending(s) != nalloc(s) {
+            return false;
+        }
+        self.state.compare_exchange(s, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[repr(C, align(64))]
+    struct Record([u8; 512]);
+
+    fn span_of_class(class: usize, rec: &mut Record) -> &mut Span {
+        let words = CLASSES[class].nelems.div_ceil(64) as usize;
+        let bucket = bucket_for(words);
+        assert!(record_bytes(bucket) <= 512);
+        // SAFETY: the record is large enough and aligned.
+        unsafe {
+            let s = Span::create(rec as *mut Record as *mut Span, bucket);
+            (*s).init_small(0x10000, class);
+            &mut *s
+        }
+    }
+
+    #[test]
+    fn new_span_has_every_object_free_and_nothing_pending() {
+        let mut rec = Record([0; 512]);
+        let s = span_of_class(3, &mut rec); // 24 B: 341 objects, 6 words
+        assert_eq!(s.with_owned(|o, b| (o.nfree, b.iter().map(|w| w.count_ones()).sum::<u32>())), (341, 341));
+        assert_eq!(pending(s.state.load(Ordering::Relaxed)), 0);
+    }
+
+    #[test]
+    fn object_index_accepts_only_object_starts() {
+        let mut rec = Record([0; 512]);
+        let s = span_of_class(7, &mut rec); // 80 B, 102 objects
+        assert_eq!(s.object_index(0x10000), Some(0));
+        assert_eq!(s.object_index(0x10000 + 80 * 101), Some(101));
+        assert_eq!(s.object_index(0x10000 + 80 * 102), None, "tail waste");
+        assert_eq!(s.object_index(0x10000 + 81), None);
+        assert_eq!(s.object_index(0x10000 - 80), None);
+    }
+
+    #[test]
+    fn remote_frees_are_merged_by_collect() {
+        let mut rec = Record([0; 512]);
+        let s = span_of_class(6, &mut rec); // 64 B, 128 objects
+        let (w, bits) = s.take_word(0).unwrap();
+        assert_eq!((w, bits), (0, !0));
+        assert!(!s.free_remote(0, 0b1010));
+        assert_eq!(pending(s.state.load(Ordering::Relaxed)), 2);
+        assert_eq!(s.collect(), 2);
+        assert_eq!(s.with_owned(|_, b| b[0]), 0b1010);
+        assert_eq!(pending(s.state.load(Ordering::Relaxed)), 0);
+    }
+
+    #[test]
+    fn remote_free_into_full_central_span_asks_for_notify_once() {
+        let mut rec = Record([0; 512]);
+        let s = span_of_class(10, &mut rec); // 128 B, 64 objects
+        s.take_word(0).unwrap();
+        let st = s.publish_central();
+        assert_eq!(st & (CENTRAL | FULL), CENTRAL | FULL);
+        assert_eq!(nalloc(st), 64);
+        assert!(s.free_remote(0, 1), "first free of a full span wakes the mcentral");
+        assert!(!s.free_remote(0, 2), "already notified");
+        assert!(s.finish_notify(s.state.load(Ordering::Relaxed), false));
+        assert!(!s.free_remote(0, 4), "partial now: no wake until empty");
+        assert!(!s.retire());
+        assert!(s.free_remote(0, !7), "last free wakes the mcentral");
+        let st = s.state.load(Ordering::Relaxed);
+        assert!(s.finish_notify(st, false));
+        assert!(s.retire(), "every object free and nothing queued");
+    }
+}

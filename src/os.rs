@@ -1,0 +1,206 @@
+//! Everything spanalloc asks of the operating system, in one place.
+//!
+//! The rest of the allocator reads as pure logic over address ranges; this
+//! module turns its requests into `mmap`, `munmap`, `mremap`, `madvise`,
+//! `mprotect`, `futex`, `clock_gettime` and `write` calls. Failures come back
+//! as `None` / `false` / an errno, never as a panic: the caller turns them
+//! into a null allocation or a [`crate::stack::StackError`].
+//!
+//! Nothing here allocates, and everything may be called from any thread
+//! (the stderr writer is also async-signal-safe).
+
+use core::ptr;
+
+use crate::sync::atomic::AtomicU32;
+use crate::sync::unmodelled::{AtomicUsize, Ordering};
+
+/// `madvise` advice that installs guard pages without new mappings
+/// (Linux 6.13 and later).
+const MADV_GUARD_INSTALL: libc::c_int = 102;
+/// Removes guard pages installed with `MADV_GUARD_INSTALL`.
+const MADV_GUARD_REMOVE: libc::c_int = 103;
+
+/// Reserves `len` bytes of zeroed, lazily committed address space, placed
+/// by the kernel. Returns `None` when the kernel refuses.
+pub(crate) fn map(len: usize) -> Option<*mut u8> {
+    // SAFETY: an anonymous private mapping at a kernel-chosen address
+    // touches no existing memory.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED { None } else { Some(p.cast()) }
+}
+
+/// Reserves `len` bytes aligned to `align` (a power of two at least the OS
+/// page size) by over-reserving and trimming both ends.
+pub(crate) fn map_aligned(len: usize, align: usize) -> Option<*mut u8> {
+    let padded = len.checked_add(align)?;
+    let raw = map(padded)? as usize;
+    let start = (raw + align - 1) & !(align - 1);
+    let head = start - raw;
+    let tail = padded - head - len;
+    if head > 0 {
+        unmap(raw as *mut u8, head);
+    }
+    if tail > 0 {
+        unmap((start + len) as *mut u8, tail);
+    }
+    Some(start as *mut u8)
+}
+
+/// Returns a reservation (or a page-aligned part of one) to the kernel.
+pub(crate) fn unmap(addr: *mut u8, len: usize) {
+    // SAFETY: callers pass ranges they reserved with `map` and no longer use.
+    unsafe {
+        libc::munmap(addr.cast(), len);
+    }
+}
+
+/// Grows a mapping in place (never moving it). Returns whether it grew.
+pub(crate) fn grow_in_place(addr: *mut u8, old_len: usize, new_len: usize) -> bool {
+    // SAFETY: without MREMAP_MAYMOVE the kernel either extends the mapping
+    // into free address space right after it or fails; nothing else moves.
+    let p = unsafe { libc::mremap(addr.cast(), old_len, new_len, 0) };
+    p != libc::MAP_FAILED
+}
+
+/// Gives the pages of a range back to the kernel: they read as zero
+/// afterwards and no longer count towards the resident set.
+pub(crate) fn release(addr: *mut u8, len: usize) {
+    if len == 0 {
+        return;
+    }
+    // SAFETY: callers pass ranges of their own that hold no live data.
+    unsafe {
+        libc::madvise(addr.cast(), len, libc::MADV_DONTNEED);
+    }
+}
+
+/// How a guard region was installed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum GuardKind {
+    /// `MADV_GUARD_INSTALL`: no new mapping.
+    Madvise,
+    /// `mprotect(PROT_NONE)`: splits the mapping (two more map entries).
+    Mprotect,
+}
+
+/// Whether the kernel accepted `MADV_GUARD_INSTALL`: 0 unknown, 1 yes, 2 no.
+static GUARD_MADVISE: AtomicUsize = AtomicUsize::new(0);
+
+/// Makes `[addr, addr + len)` fault on any access. Uses
+/// `MADV_GUARD_INSTALL` where the kernel has it, else `mprotect`.
+/// On failure returns the errno (`ENOMEM` when the process is out of
+/// memory-map entries, see `vm.max_map_count`).
+pub(crate) fn guard(addr: *mut u8, len: usize) -> Result<GuardKind, i32> {
+    if GUARD_MADVISE.load(Ordering::Relaxed) != 2 {
+        // SAFETY: advice on the caller's own private anonymous mapping.
+        let rc = unsafe { libc::madvise(addr.cast(), len, MADV_GUARD_INSTALL) };
+        if rc == 0 {
+            GUARD_MADVISE.store(1, Ordering::Relaxed);
+            return Ok(GuardKind::Madvise);
+        }
+        let err = errno();
+        if err != libc::EINVAL {
+            return Err(err);
+        }
+        GUARD_MADVISE.store(2, Ordering::Relaxed);
+    }
+    // SAFETY: the range is the caller's own mapping and holds no live data.
+    let rc = unsafe { libc::mprotect(addr.cast(), len, libc::PROT_NONE) };
+    if rc == 0 { Ok(GuardKind::Mprotect) } else { Err(errno()) }
+}
+
+/// Removes a guard installed by [`guard`], making the range read-write
+/// again. Returns whether it could.
+pub(crate) fn unguard(addr: *mut u8, len: usize) -> bool {
+    if GUARD_MADVISE.load(Ordering::Relaxed) == 1 {
+        // SAFETY: advice on the caller's own mapping.
+        if unsafe { libc::madvise(addr.cast(), len, MADV_GUARD_REMOVE) } == 0 {
+            return true;
+        }
+    }
+    // SAFETY: the range is the caller's own mapping.
+    unsafe { libc::mprotect(addr.cast(), len, libc::PROT_READ | libc::PROT_WRITE) == 0 }
+}
+
+/// Forces later guards to use `mprotect` (tests of the fallback path).
+#[cfg(test)]
+pub(crate) fn force_mprotect_guards() {
+    GUARD_MADVISE.store(2, Ordering::Relaxed);
+}
+
+/// The calling thread's `errno`.
+pub(crate) fn errno() -> i32 {
+    // SAFETY: __errno_location always returns the thread's errno slot.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Sleeps while `*word == expected` (or until woken or interrupted).
+#[cfg(not(loom))]
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32) {
+    // SAFETY: FUTEX_WAIT reads the word atomically and sleeps; the pointer
+    // is valid for the duration of the call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            ptr::null::<libc::timespec>(),
+        );
+    }
+}
+
+/// Wakes one thread sleeping in [`futex_wait`] on `word`.
+#[cfg(not(loom))]
+pub(crate) fn futex_wake_one(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE only reads the address as a key.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, 1);
+    }
+}
+
+/// Milliseconds on a coarse monotonic clock (a vDSO read, no syscall).
+pub(crate) fn now_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid out-pointer.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts);
+    }
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// Writes all of `bytes` to standard error (async-signal-safe).
+pub(crate) fn write_stderr(mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: the buffer is valid for its length.
+        let n = unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+        if n <= 0 {
+            if n < 0 && errno() == libc::EINTR {
+                continue;
+            }
+            return;
+        }
+        bytes = &bytes[n as usize..];
+    }
+}
+
+/// Ends the process with `SIGABRT`, running no Rust code on the way.
+pub(crate) fn abort() -> ! {
+    // SAFETY: abort has no preconditions and does not return.
+    unsafe { libc::abort() }
+}
+
+/// The number of the calling thread (for reports).
+pub(crate) fn thread_id() -> u64 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::syscall(libc::SYS_gettid) as u64 }
+}
