@@ -284,3 +284,210 @@ const fn new_centrals() -> [MCentral; NUM_CLASSES] {
 fn new_centrals() -> [MCentral; NUM_CLASSES] {
     core::array::from_fn(|_| MCentral::new())
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use core::alloc::Layout;
+
+    use super::*;
+    use crate::sizeclass::MAX_SMALL;
+
+    fn layout(size: usize) -> Layout {
+        Layout::from_size_align(size, 8).unwrap()
+    }
+
+    #[test]
+    fn objects_of_every_class_are_distinct_aligned_and_writable() {
+        let heap = Heap::new();
+        let mut cache = heap.cache();
+        for c in 1..NUM_CLASSES {
+            let info = CLASSES[c];
+            let l = layout(info.size as usize);
+            let n = info.nelems as usize * 2 + 3;
+            let ptrs: Vec<*mut u8> = (0..n).map(|_| cache.alloc(l)).collect();
+            let mut sorted = ptrs.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(sorted.len(), n, "class {c}: an object was handed out twice");
+            for (i, &p) in ptrs.iter().enumerate() {
+                assert_eq!(p as usize % info.align as usize, 0, "class {c}");
+                unsafe { p.write_bytes(i as u8, info.size as usize) };
+            }
+            for (i, &p) in ptrs.iter().enumerate() {
+                let s = unsafe { core::slice::from_raw_parts(p, info.size as usize) };
+                assert!(s.iter().all(|&b| b == i as u8), "class {c}: object {i} overwritten");
+            }
+            for &p in &ptrs {
+                unsafe { cache.dealloc(p, l) };
+            }
+        }
+        let s = heap.stats();
+        assert_eq!(s.live_objects(), 0);
+    }
+
+    #[test]
+    fn lifo_reuses_the_same_object() {
+        let heap = Heap::new();
+        let mut cache = heap.cache();
+        let l = layout(64);
+        let p = cache.alloc(l);
+        unsafe { cache.dealloc(p, l) };
+        let q = cache.alloc(l);
+        assert_eq!(p, q);
+        unsafe { cache.dealloc(q, l) };
+    }
+
+    #[test]
+    fn frees_through_another_cache_make_objects_reusable() {
+        let heap = Heap::new();
+        let mut a = heap.cache();
+        let mut b = heap.cache();
+        let l = layout(48);
+        // Several rounds: a allocates, b frees everything. The heap must not
+        // grow round after round.
+        let mut sys_after_first = 0;
+        for round in 0..50 {
+            let ptrs: Vec<_> = (0..5000).map(|_| a.alloc(l)).collect();
+            for p in ptrs {
+                unsafe { b.dealloc(p, l) };
+            }
+            b.flush();
+            if round == 0 {
+                sys_after_first = heap.stats().heap_sys;
+            }
+        }
+        assert_eq!(heap.stats().heap_sys, sys_after_first, "remote frees must be reused");
+        let s = heap.stats();
+        drop(a);
+        drop(b);
+        let s2 = heap.stats();
+        assert_eq!(s2.live_objects(), 0, "{s}");
+    }
+
+    #[test]
+    fn empty_spans_go_back_to_the_mheap_and_pages_to_the_os_on_release() {
+        let heap = Heap::new();
+        let mut cache = heap.cache();
+        let l = layout(1024);
+        let ptrs: Vec<_> = (0..20_000).map(|_| cache.alloc(l)).collect();
+        let before = heap.stats();
+        assert!(before.heap_inuse >= 20_000 * 1024);
+        for p in ptrs {
+            unsafe { cache.dealloc(p, l) };
+        }
+        cache.flush();
+        heap.release();
+        let after = heap.stats();
+        assert_eq!(after.heap_inuse, 0, "{after}");
+        assert_eq!(after.heap_idle, after.heap_sys);
+        assert_eq!(after.heap_released, after.heap_idle, "every free page released");
+    }
+
+    #[test]
+    fn large_objects_take_their_own_pages_and_coalesce_when_freed() {
+        let heap = Heap::new();
+        let mut cache = heap.cache();
+        let sizes = [MAX_SMALL + 1, 100_000, 1 << 20, 3 << 20];
+        let ptrs: Vec<_> = sizes.iter().map(|&s| (cache.alloc(layout(s)), s)).collect();
+        for &(p, s) in &ptrs {
+            assert_eq!(p as usize % PAGE_SIZE, 0);
+            unsafe { p.write_bytes(0xab, s) };
+        }
+        let s = heap.stats();
+        assert_eq!(s.large_mallocs, 4);
+        for &(p, s) in &ptrs {
+            unsafe { cache.dealloc(p, layout(s)) };
+        }
+        // The freed runs coalesced: one 4 MiB object fits where they were.
+        let big = cache.alloc(layout(4 << 20));
+        assert_eq!(big, ptrs[0].0, "first fit reuses the coalesced run");
+        unsafe { cache.dealloc(big, layout(4 << 20)) };
+        assert_eq!(heap.stats().large_bytes, 0);
+    }
+
+    #[test]
+    fn large_realloc_grows_and_shrinks_in_place_when_pages_allow() {
+        let heap = Heap::new();
+        let mut cache = heap.cache();
+        let l = layout(64 << 10);
+        let p = cache.alloc(l);
+        unsafe {
+            p.write_bytes(7, 64 << 10);
+            let q = cache.realloc(p, l, 256 << 10);
+            assert_eq!(q, p, "the pages after it are free: grows in place");
+            assert!(core::slice::from_raw_parts(q, 64 << 10).iter().all(|&b| b == 7));
+            let blocker = cache.alloc(layout(64 << 10));
+            let r = cache.realloc(q, layout(256 << 10), 128 << 10);
+            assert_eq!(r, q, "shrinks in place");
+            let s = cache.realloc(r, layout(128 << 10), 1 << 20);
+            assert!(core::slice::from_raw_parts(s, 64 << 10).iter().all(|&b| b == 7));
+            cache.dealloc(s, layout(1 << 20));
+            cache.dealloc(blocker, layout(64 << 10));
+        }
+    }
+
+    #[test]
+    fn huge_objects_get_their_own_mapping_and_honour_any_alignment() {
+        let heap = Heap::new();
+        let mut cache = heap.cache();
+        for align in [8usize, 1 << 20, 32 << 20, 64 << 20, 256 << 20] {
+            let l = Layout::from_size_align(20 << 20, align).unwrap();
+            let p = cache.alloc(l);
+            assert!(!p.is_null());
+            assert_eq!(p as usize % align, 0);
+            unsafe {
+                *p = 1;
+                *p.add((20 << 20) - 1) = 2;
+                let q = cache.realloc(p, l, 24 << 20);
+                assert_eq!((*q, *q.add((20 << 20) - 1)), (1, 2));
+                cache.dealloc(q, Layout::from_size_align(24 << 20, align).unwrap());
+            }
+        }
+        assert_eq!(heap.stats().large_bytes, 0);
+    }
+
+    #[test]
+    fn alloc_zeroed_skips_nothing_it_should_not() {
+        let heap = Heap::new();
+        let mut cache = heap.cache();
+        for size in [8, 100, 4000, 40_000, 1 << 20] {
+            let l = layout(size);
+            // Dirty the memory, free it, and ask for zeroed memory of the
+            // same size: whatever comes back must read as zero.
+            let p = cache.alloc(l);
+            unsafe { p.write_bytes(0xff, size) };
+            unsafe { cache.dealloc(p, l) };
+            let z = cache.alloc_zeroed(l);
+            let s = unsafe { core::slice::from_raw_parts(z, size) };
+            assert!(s.iter().all(|&b| b == 0), "size {size}");
+            unsafe { cache.dealloc(z, l) };
+        }
+    }
+
+    #[test]
+    fn sizes_no_machine_can_serve_return_null() {
+        let heap = Heap::new();
+        let mut cache = heap.cache();
+        let l = Layout::from_size_align(isize::MAX as usize - 4096, 8).unwrap();
+        assert!(cache.alloc(l).is_null());
+        assert!(cache.alloc_zeroed(l).is_null());
+        let l = Layout::from_size_align(1, 1 << 62).unwrap();
+        assert!(cache.alloc(l).is_null());
+    }
+
+    #[test]
+    fn stats_count_mallocs_and_frees_per_class() {
+        let heap = Heap::new();
+        let mut cache = heap.cache();
+        let l = layout(100);
+        let ptrs: Vec<_> = (0..10).map(|_| cache.alloc(l)).collect();
+        for p in ptrs {
+            unsafe { cache.dealloc(p, l) };
+        }
+        drop(cache);
+        let s = heap.stats();
+        let c = crate::sizeclass::class_of(100, 8);
+        assert_eq!((s.by_class[c].mallocs, s.by_class[c].frees), (10, 10));
+        assert_eq!(s.by_class[c].size, 112);
+    }
+}

@@ -1,0 +1,153 @@
+//! Misuse that spanalloc can detect ends the process with a report that
+//! names spanalloc, the fault and the address. Each case runs in a child
+//! process (this test binary again, told which case by an environment
+//! variable), and the parent checks how the child died and what it said.
+
+#[global_allocator]
+static A: spanalloc::SpanAlloc = spanalloc::SpanAlloc;
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
+
+const CASE_VAR: &str = "SPANALLOC_MISUSE_CASE";
+
+/// Runs `case` in a child and returns (signal, stderr, the address the
+/// child reported it would misuse).
+fn run_child(case: &str) -> (Option<i32>, String, String) {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+        .env(CASE_VAR, case)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let addr = stdout
+        .lines()
+        .find_map(|l| l.split_once("misuse at ").map(|(_, a)| a))
+        .unwrap_or_else(|| panic!("child did not report an address; stdout: {stdout}\nstderr: {stderr}"))
+        .trim()
+        .to_string();
+    (out.status.signal(), stderr, addr)
+}
+
+fn expect_abort(case: &str, fault: &str) {
+    let (signal, stderr, addr) = run_child(case);
+    assert_eq!(signal, Some(libc::SIGABRT), "{case}: child was not aborted; stderr: {stderr}");
+    let line = stderr.lines().find(|l| l.starts_with("spanalloc: fatal:")).unwrap_or_else(|| {
+        panic!("{case}: no spanalloc report; stderr: {stderr}")
+    });
+    assert!(line.contains(fault), "{case}: report {line:?} does not say {fault:?}");
+    assert!(line.contains(&addr), "{case}: report {line:?} does not name address {addr}");
+}
+
+fn announce(p: *mut u8) {
+    println!("\nmisuse at {:#x}", p as usize);
+    use std::io::Write;
+    std::io::stdout().flush().unwrap();
+}
+
+/// The child side: performs the misuse named by the environment.
+#[test]
+fn child_entry() {
+    let Ok(case) = std::env::var(CASE_VAR) else { return };
+    let small = Layout::from_size_align(64, 8).unwrap();
+    let large = Layout::from_size_align(100_000, 8).unwrap();
+    unsafe {
+        match case.as_str() {
+            "double-free-lifo" => {
+                let p = A.alloc(small);
+                announce(p);
+                A.dealloc(p, small);
+                A.dealloc(p, small);
+            }
+            "double-free-other-window" => {
+                // Free an object twice after its window was left behind.
+                let ptrs: Vec<*mut u8> = (0..300).map(|_| A.alloc(small)).collect();
+                announce(ptrs[3]);
+                A.dealloc(ptrs[3], small);
+                A.dealloc(ptrs[3], small);
+            }
+            "double-free-remote" => {
+                let p = A.alloc(small) as usize;
+                announce(p as *mut u8);
+                std::thread::spawn(move || {
+                    A.dealloc(p as *mut u8, small);
+                    A.dealloc(p as *mut u8, small);
+                })
+                .join()
+                .ok();
+            }
+            "double-free-large" => {
+                let p = A.alloc(large);
+                announce(p);
+                A.dealloc(p, large);
+                A.dealloc(p, large);
+            }
+            "foreign-pointer" => {
+                let p = libc::malloc(64) as *mut u8;
+                announce(p);
+                A.dealloc(p, small);
+            }
+            "stack-pointer" => {
+                let mut local = [0u8; 64];
+                let p = local.as_mut_ptr();
+                announce(p);
+                A.dealloc(p, small);
+            }
+            "interior-pointer" => {
+                let p = A.alloc(small).add(8);
+                announce(p);
+                A.dealloc(p, small);
+            }
+            "wrong-layout" => {
+                let p = A.alloc(small);
+                announce(p);
+                A.dealloc(p, Layout::from_size_align(512, 8).unwrap());
+            }
+            other => panic!("unknown case {other}"),
+        }
+    }
+    println!("misuse went unnoticed");
+    std::process::exit(3);
+}
+
+#[test]
+fn double_free_of_a_small_object_aborts_with_its_address() {
+    expect_abort("double-free-lifo", "double free of");
+}
+
+#[test]
+fn double_free_outside_the_current_window_aborts() {
+    expect_abort("double-free-other-window", "double free of");
+}
+
+#[test]
+fn double_free_from_another_thread_aborts() {
+    expect_abort("double-free-remote", "double free of");
+}
+
+#[test]
+fn double_free_of_a_large_object_aborts() {
+    expect_abort("double-free-large", "did not allocate");
+}
+
+#[test]
+fn free_of_a_malloc_pointer_aborts() {
+    expect_abort("foreign-pointer", "did not allocate");
+}
+
+#[test]
+fn free_of_a_stack_pointer_aborts() {
+    expect_abort("stack-pointer", "did not allocate");
+}
+
+#[test]
+fn free_of_an_interior_pointer_aborts() {
+    expect_abort("interior-pointer", "not the start of an object");
+}
+
+#[test]
+fn free_with_the_layout_of_another_class_aborts() {
+    expect_abort("wrong-layout", "does not match the allocation");
+}
