@@ -66,10 +66,13 @@ static_assertions::const_assert_eq!(ARENA_PAGES % 64, 0);
 /// Metadata at the base of every arena (and of every huge reservation).
 #[repr(C)]
 pub(crate) struct ArenaMeta {
+    /// The span of each page: set for every page of a small span, for the
+    /// first page of a large one; null for free pages. First in the struct,
+    /// so its 4 KiB pages are page-aligned and can be given back to the OS
+    /// where they describe only free pages.
+    pub(crate) spans: [AtomicPtr<Span>; ARENA_PAGES],
     /// The heap that owns the arena.
     pub(crate) heap_id: u64,
-    /// Bytes reserved from the kernel, starting at `map_base`.
-    pub(crate) reserved: usize,
     /// Start of the reservation (the metadata itself, except far huge).
     pub(crate) map_base: usize,
     /// A huge reservation holding one object.
@@ -78,15 +81,14 @@ pub(crate) struct ArenaMeta {
     pub(crate) slot: usize,
     /// Page state, guarded by the mheap lock.
     pub(crate) pages: UnsafeCell<PageState>,
-    /// The span of each page: set for every page of a small span, for the
-    /// first page of a large one; null for free pages.
-    pub(crate) spans: [AtomicPtr<Span>; ARENA_PAGES],
 }
 
 /// The page allocator's view of one arena (under the mheap lock).
 pub(crate) struct PageState {
     /// Next arena in the heap's list.
     pub(crate) next: *mut ArenaMeta,
+    /// Bytes reserved from the kernel, starting at `map_base`.
+    pub(crate) reserved: usize,
     /// Pages `[FIRST_PAGE, grown)` belong to the heap; the rest are not used yet.
     pub(crate) grown: usize,
     /// Free pages in `[FIRST_PAGE, grown)`.
@@ -98,7 +100,14 @@ pub(crate) struct PageState {
     pub(crate) clean: [u64; BITMAP_WORDS],
     /// Bit set: page was free and dirty at the last scavenger tick.
     pub(crate) aged: [u64; BITMAP_WORDS],
+    /// Bit `g` set: the page of `spans` entries for pages
+    /// `[g * MAP_GROUP, (g + 1) * MAP_GROUP)` may be resident.
+    pub(crate) map_resident: u64,
 }
+
+/// Page → span entries per 4 KiB of the table.
+const MAP_GROUP: usize = 4096 / size_of::<AtomicPtr<Span>>();
+static_assertions::const_assert!(ARENA_PAGES / MAP_GROUP <= 64);
 
 // ---------------------------------------------------------------------------
 // The registry: which 64 MiB slots of the address space are ours.
@@ -252,17 +261,18 @@ impl ArenaMeta {
         // fields need writing.
         unsafe {
             ptr::addr_of_mut!((*meta).heap_id).write(heap_id);
-            ptr::addr_of_mut!((*meta).reserved).write(reserved);
             ptr::addr_of_mut!((*meta).map_base).write(map_base);
             ptr::addr_of_mut!((*meta).huge).write(huge);
             ptr::addr_of_mut!((*meta).slot).write(slot);
             ptr::addr_of_mut!((*meta).pages).write(UnsafeCell::new(PageState {
                 next: ptr::null_mut(),
+                reserved,
                 grown: FIRST_PAGE,
                 nfree: 0,
                 free: [0; BITMAP_WORDS],
                 clean: [0; BITMAP_WORDS],
                 aged: [0; BITMAP_WORDS],
+                map_resident: 0,
             }));
         }
         // Guard between the metadata and the first user page, and after
@@ -302,13 +312,39 @@ impl ArenaMeta {
         }
     }
 
+    /// Gives back the pages of the page → span table that describe only
+    /// free pages (their entries are all null, which is what a released
+    /// page reads as). Caller holds the heap lock.
+    pub(crate) fn release_map(&self) {
+        if os::page_size() != 4096 {
+            return;
+        }
+        self.pages.with_mut(|p| {
+            // SAFETY: under the heap lock.
+            let p = unsafe { &mut *p };
+            for g in 0..ARENA_PAGES / MAP_GROUP {
+                if p.map_resident & (1 << g) == 0 {
+                    continue;
+                }
+                // Only pages the heap has handed out can have entries.
+                let from = (g * MAP_GROUP).max(FIRST_PAGE);
+                let to = ((g + 1) * MAP_GROUP).min(p.grown);
+                if from >= to || count_range(&p.free, from, to) == to - from {
+                    os::release(self.spans[g * MAP_GROUP..].as_ptr() as *mut u8, 4096);
+                    p.map_resident &= !(1 << g);
+                }
+            }
+        });
+    }
+
     /// Unregisters and unmaps the arena.
     ///
     /// # Safety
     /// The arena and everything in it must be dead.
     pub(crate) unsafe fn destroy(meta: *mut ArenaMeta) {
-        // SAFETY: the caller guarantees the arena is still mapped.
-        let (map_base, reserved, slot) = unsafe { ((*meta).map_base, (*meta).reserved, (*meta).slot) };
+        // SAFETY: the caller guarantees the arena is still mapped and dead.
+        let (map_base, slot) = unsafe { ((*meta).map_base, (*meta).slot) };
+        let reserved = unsafe { &*meta }.pages.with(|p| unsafe { (*p).reserved });
         set_tag(slot, TAG_NONE);
         os::unmap(map_base as *mut u8, reserved);
     }
@@ -414,6 +450,9 @@ impl PageState {
         clear_range(&mut self.free, page, page + n);
         clear_range(&mut self.clean, page, page + n);
         clear_range(&mut self.aged, page, page + n);
+        for g in page / MAP_GROUP..=(page + n - 1) / MAP_GROUP {
+            self.map_resident |= 1 << g;
+        }
         self.nfree -= n;
         clean
     }
@@ -464,11 +503,13 @@ mod tests {
     fn state() -> PageState {
         PageState {
             next: ptr::null_mut(),
+            reserved: 0,
             grown: FIRST_PAGE,
             nfree: 0,
             free: [0; BITMAP_WORDS],
             clean: [0; BITMAP_WORDS],
             aged: [0; BITMAP_WORDS],
+            map_resident: 0,
         }
     }
 

@@ -20,6 +20,7 @@ use crate::mcache::{CacheCore, CacheStats, MCache, Mode};
 use crate::mcentral::MCentral;
 use crate::mheap::MHeap;
 use crate::mspan::{Span, SpanKind};
+use crate::os;
 use crate::report;
 use crate::sizeclass::{CLASSES, NUM_CLASSES, PAGE_SIZE};
 use crate::stats::Stats;
@@ -127,7 +128,7 @@ impl Heap {
     /// A large object (or any object when `zero` asks for zeroed memory
     /// and the pages may be dirty, zeroed here).
     pub(crate) fn alloc_large(&self, size: usize, align: usize, zero: bool) -> *mut u8 {
-        self.maybe_tick();
+        self.maybe_tick(os::now_ms());
         let (p, needzero) = self.mheap.alloc_large(size, align);
         if zero && needzero && !p.is_null() {
             // SAFETY: the object holds at least `size` writable bytes.
@@ -138,7 +139,7 @@ impl Heap {
 
     pub(crate) fn free_large(&self, addr: usize) {
         self.mheap.free_large(addr);
-        self.maybe_tick();
+        self.maybe_tick(os::now_ms());
     }
 
     /// The span of a small object at `addr` of `class`, or a fatal report
@@ -162,10 +163,10 @@ impl Heap {
         span
     }
 
-    /// Runs a scavenger tick if one is due.
+    /// Runs a scavenger tick if one is due at `now` (`os::now_ms`).
     #[inline]
-    pub(crate) fn maybe_tick(&self) {
-        if self.mheap.tick_due() {
+    pub(crate) fn maybe_tick(&self, now: u64) {
+        if self.mheap.tick_due(now) {
             self.tick();
         }
     }

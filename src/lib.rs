@@ -38,6 +38,7 @@
 #![warn(missing_docs)]
 
 mod arena;
+mod fixalloc;
 #[cfg(not(loom))]
 mod global;
 mod heap;

@@ -39,7 +39,9 @@ use core::alloc::Layout;
 use core::ptr;
 
 use crate::heap::Heap;
+use crate::mheap::TICK_MS;
 use crate::mspan::Span;
+use crate::os;
 use crate::report;
 use crate::sizeclass::{CLASSES, MAX_SMALL, NUM_CLASSES, class_of, small_class};
 use crate::sync::unmodelled::Counter;
@@ -117,6 +119,8 @@ pub(crate) struct CacheCore {
     classes: [ClassCache; NUM_CLASSES],
     deferred: [Deferred; NUM_CLASSES],
     pub(crate) mode: Mode,
+    /// When the cache next gives back its idle spans (`os::now_ms`).
+    next_trim: u64,
 }
 
 // SAFETY: a cache owns the spans it points at; moving it to another thread
@@ -160,7 +164,7 @@ impl CacheCore {
             classes[c] = ClassCache::new(c);
             c += 1;
         }
-        CacheCore { classes, deferred: [NO_DEFERRED; NUM_CLASSES], mode }
+        CacheCore { classes, deferred: [NO_DEFERRED; NUM_CLASSES], mode, next_trim: 0 }
     }
 
     // -----------------------------------------------------------------------
@@ -317,7 +321,12 @@ impl CacheCore {
                 return heap.fallback_alloc(info.size as usize, info.align as usize);
             }
         }
-        heap.maybe_tick();
+        let now = os::now_ms();
+        if now >= self.next_trim {
+            self.next_trim = now + TICK_MS;
+            self.trim(heap, class);
+        }
+        heap.maybe_tick(now);
         if !self.refill(heap, class) {
             return ptr::null_mut();
         }
@@ -326,6 +335,30 @@ impl CacheCore {
         e.mask = m & (m - 1);
         stats.classes[class].mallocs.bump(1);
         (e.base + m.trailing_zeros() as usize * e.size) as *mut u8
+    }
+
+    /// Gives back, at most once per scavenger tick, what the cache holds
+    /// for nothing: spans whose objects are all free (except `keep`'s), and
+    /// deferred frees. So a thread that freed a peak lets the heap return
+    /// it to the OS, while a busy thread keeps the spans it uses.
+    #[cold]
+    fn trim(&mut self, heap: &Heap, keep: usize) {
+        for class in 1..NUM_CLASSES {
+            self.land_deferred(heap, class);
+            let e = &self.classes[class];
+            // SAFETY: a cached span is live and ours.
+            let Some(span) = (unsafe { e.span.as_ref() }) else {
+                continue;
+            };
+            if class == keep {
+                continue;
+            }
+            span.collect();
+            let free = span.with_owned(|o, _| o.nfree) + e.mask.count_ones();
+            if free == span.nelems {
+                self.release_span(heap, class);
+            }
+        }
     }
 
     /// Makes the window of `class` non-empty. Returns false when the heap
@@ -400,9 +433,15 @@ impl CacheCore {
     #[inline(never)]
     fn dealloc_slow(&mut self, heap: &Heap, stats: &CacheStats, class: usize, addr: usize) {
         let span = heap.small_span_of(addr, class);
-        if self.mode == Mode::Exited {
-            let info = CLASSES[class];
-            return heap.fallback_dealloc(addr, info.size as usize, info.align as usize);
+        match self.mode {
+            Mode::Explicit | Mode::ThreadActive => {}
+            // A thread that only frees still needs its exit flush (its
+            // deferred frees) and its counters in the registry.
+            Mode::ThreadFresh => heap.activate_thread_cache(self, stats),
+            Mode::Exited => {
+                let info = CLASSES[class];
+                return heap.fallback_dealloc(addr, info.size as usize, info.align as usize);
+            }
         }
         let Some(idx) = span.object_index(addr) else {
             report::interior_free(addr, span.elem_size as usize);

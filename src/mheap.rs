@@ -30,7 +30,8 @@
 use core::ptr;
 
 use crate::arena::{self, ArenaMeta, END_PAGE, FIRST_PAGE};
-use crate::mspan::{BUCKET_WORDS, Span, SpanKind, bucket_for, record_bytes};
+use crate::fixalloc::SpanPool;
+use crate::mspan::{Span, SpanKind, bucket_for};
 use crate::os;
 use crate::sizeclass::{CLASSES, PAGE_SIZE};
 use crate::sync::unmodelled::{AtomicU64, Counter, Ordering};
@@ -43,9 +44,6 @@ pub(crate) const TICK_MS: u64 = 250;
 pub(crate) const HUGE_THRESHOLD: usize = 16 << 20;
 /// Large objects aligned beyond this get a huge reservation of their own.
 const HUGE_ALIGN: usize = 8 << 20;
-
-/// Bytes of metadata the span pool asks the kernel for at a time.
-const POOL_CHUNK: usize = 256 << 10;
 
 /// The heap's page allocator and span pool.
 pub(crate) struct MHeap {
@@ -95,51 +93,6 @@ struct HeapState {
 // SAFETY: the raw pointers are to metadata this heap owns; the state is
 // only reached through the heap's lock.
 unsafe impl Send for HeapState {}
-
-/// Span records, by bitmap bucket (Go's `fixalloc` for `mspan`).
-struct SpanPool {
-    free: [*mut Span; BUCKET_WORDS.len()],
-    /// Bump region of the current metadata chunk.
-    cur: usize,
-    end: usize,
-    /// Chunks, linked through their first word (for `Drop`).
-    chunks: *mut usize,
-}
-
-impl SpanPool {
-    fn get(&mut self, bucket: usize, counters: &HeapCounters) -> Option<*mut Span> {
-        let head = self.free[bucket];
-        if !head.is_null() {
-            // SAFETY: pooled records are ours and unused; `next` links them.
-            self.free[bucket] = unsafe { &*head }.with_owned(|o, _| o.next);
-            return Some(head);
-        }
-        let bytes = record_bytes(bucket);
-        if self.cur + bytes > self.end {
-            let chunk = os::map(POOL_CHUNK)?;
-            counters.meta_bytes.add_shared(POOL_CHUNK as u64);
-            // SAFETY: the chunk is fresh; its first word links the chunks.
-            unsafe { chunk.cast::<usize>().write(self.chunks as usize) };
-            self.chunks = chunk.cast();
-            self.cur = chunk as usize + 64;
-            self.end = chunk as usize + POOL_CHUNK;
-        }
-        let at = self.cur as *mut Span;
-        self.cur += bytes;
-        // SAFETY: [at, at + bytes) is fresh, 64-aligned metadata.
-        Some(unsafe { Span::create(at, bucket) })
-    }
-
-    fn put(&mut self, span: *mut Span) {
-        // SAFETY: the caller gives up the record; nobody else refers to it.
-        let s = unsafe { &mut *span };
-        s.kind = SpanKind::Free;
-        let bucket = s.bucket as usize;
-        let head = self.free[bucket];
-        s.with_owned(|o, _| o.next = head);
-        self.free[bucket] = span;
-    }
-}
 
 /// Where a run of pages was found.
 struct Run {
@@ -226,12 +179,7 @@ impl MHeap {
                     arenas: ptr::null_mut(),
                     last: ptr::null_mut(),
                     huge: ptr::null_mut(),
-                    pool: SpanPool {
-                        free: [ptr::null_mut(); BUCKET_WORDS.len()],
-                        cur: 0,
-                        end: 0,
-                        chunks: ptr::null_mut(),
-                    },
+                    pool: SpanPool::new(),
                 }),
                 id: AtomicU64::new(0),
                 next_tick: AtomicU64::new(0),
@@ -271,7 +219,7 @@ impl MHeap {
         let bucket = bucket_for(info.nelems.div_ceil(64) as usize);
         let id = self.id();
         let mut st = self.state.lock();
-        let Some(span) = st.pool.get(bucket, &self.counters) else {
+        let Some(span) = st.pool.get(bucket, &self.counters.meta_bytes) else {
             return ptr::null_mut();
         };
         let Some(run) = st.take_pages(id, n, 1, &self.counters) else {
@@ -315,7 +263,7 @@ impl MHeap {
         let align_pages = (align / PAGE_SIZE).max(1);
         let id = self.id();
         let mut st = self.state.lock();
-        let Some(span) = st.pool.get(0, &self.counters) else {
+        let Some(span) = st.pool.get(0, &self.counters.meta_bytes) else {
             return (ptr::null_mut(), false);
         };
         let Some(run) = st.take_pages(id, n, align_pages, &self.counters) else {
@@ -341,7 +289,7 @@ impl MHeap {
             return (ptr::null_mut(), false);
         };
         let mut st = self.state.lock();
-        let Some(span) = st.pool.get(0, &self.counters) else {
+        let Some(span) = st.pool.get(0, &self.counters.meta_bytes) else {
             drop(st);
             // SAFETY: nothing refers to the fresh reservation yet.
             unsafe { ArenaMeta::destroy(meta) };
@@ -354,7 +302,7 @@ impl MHeap {
         unsafe { (*span).init_large(object, bytes / PAGE_SIZE, bytes, false) };
         m.set_spans(ArenaMeta::page_of(object), 1, span);
         drop(st);
-        let sys = m.reserved / PAGE_SIZE;
+        let sys = m.pages.with(|p| unsafe { (*p).reserved }) / PAGE_SIZE;
         self.counters.sys_pages.add_shared(sys as u64);
         self.counters.meta_bytes.add_shared((FIRST_PAGE * PAGE_SIZE) as u64);
         self.counters.large_allocs.add_shared(1);
@@ -407,7 +355,8 @@ impl MHeap {
             }
             st.pool.put(span);
             drop(st);
-            self.counters.sys_pages.sub_shared((meta.reserved / PAGE_SIZE) as u64);
+            let reserved = meta.pages.with(|p| unsafe { (*p).reserved });
+            self.counters.sys_pages.sub_shared((reserved / PAGE_SIZE) as u64);
             self.counters.meta_bytes.sub_shared((FIRST_PAGE * PAGE_SIZE) as u64);
             // SAFETY: the object was the reservation's only content.
             unsafe { ArenaMeta::destroy(target) };
@@ -475,7 +424,8 @@ impl MHeap {
         }
         let _st = self.state.lock();
         let extra = (new_n - span.npages) * PAGE_SIZE;
-        let (base, len) = (meta.map_base, meta.reserved);
+        // SAFETY: under the heap lock.
+        let (base, len) = (meta.map_base, meta.pages.with(|p| unsafe { (*p).reserved }));
         let Some(new_len) = len.checked_add(extra) else {
             return false;
         };
@@ -488,20 +438,18 @@ impl MHeap {
             return false;
         }
         let _ = os::guard((base + new_len - PAGE_SIZE) as *mut u8, PAGE_SIZE);
-        // SAFETY: `reserved` is only read under the heap lock or by the
-        // object's owner, which is the caller.
-        unsafe { *ptr::addr_of!(meta.reserved).cast_mut() = new_len };
+        // SAFETY: under the heap lock.
+        meta.pages.with_mut(|p| unsafe { (*p).reserved = new_len });
         self.counters.sys_pages.add_shared((extra / PAGE_SIZE) as u64);
         self.counters.large_bytes.add_shared(extra as u64);
         span.npages = new_n;
         true
     }
 
-    /// Whether a scavenger tick is due; if so, claims it (only one caller
+    /// Whether a scavenger tick is due at `now`; if so, claims it (only one caller
     /// gets `true` per tick).
-    pub(crate) fn tick_due(&self) -> bool {
+    pub(crate) fn tick_due(&self, now: u64) -> bool {
         let due = self.next_tick.load(Ordering::Relaxed);
-        let now = os::now_ms();
         now >= due
             && self
                 .next_tick
@@ -512,7 +460,8 @@ impl MHeap {
     /// Gives free pages back to the OS: all of them (`all`), or those that
     /// stayed free since the last tick. Returns the pages released.
     pub(crate) fn scavenge(&self, all: bool) -> usize {
-        let st = self.state.lock();
+        let mut st = self.state.lock();
+        st.pool.release();
         let mut released = 0;
         let mut meta = st.arenas;
         while !meta.is_null() {
@@ -520,6 +469,7 @@ impl MHeap {
             let m = unsafe { &*meta };
             let base = m.base();
             released += m.pages.with_mut(|p| unsafe { (*p).scavenge(base, all) });
+            m.release_map();
             meta = m.pages.with(|p| unsafe { (*p).next });
         }
         drop(st);
@@ -538,7 +488,6 @@ impl Drop for MHeap {
     fn drop(&mut self) {
         let st = self.state.lock();
         let mut lists = [st.arenas, st.huge];
-        let chunks = st.pool.chunks;
         drop(st);
         for head in &mut lists {
             while !head.is_null() {
@@ -551,12 +500,6 @@ impl Drop for MHeap {
                 }
             }
         }
-        let mut chunk = chunks;
-        while !chunk.is_null() {
-            // SAFETY: chunks are ours; the first word links the next one.
-            let next = unsafe { *chunk } as *mut usize;
-            os::unmap(chunk.cast(), POOL_CHUNK);
-            chunk = next;
-        }
+        self.state.lock().pool.unmap_all();
     }
 }

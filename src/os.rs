@@ -20,6 +20,20 @@ const MADV_GUARD_INSTALL: libc::c_int = 102;
 /// Removes guard pages installed with `MADV_GUARD_INSTALL`.
 const MADV_GUARD_REMOVE: libc::c_int = 103;
 
+/// The kernel's page size, read once.
+pub(crate) fn page_size() -> usize {
+    static PAGE: AtomicUsize = AtomicUsize::new(0);
+    let cached = PAGE.load(Ordering::Relaxed);
+    if cached != 0 {
+        return cached;
+    }
+    // SAFETY: sysconf has no preconditions.
+    let got = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let size = if got > 0 { got as usize } else { 4096 };
+    PAGE.store(size, Ordering::Relaxed);
+    size
+}
+
 /// Reserves `len` bytes of zeroed, lazily committed address space, placed
 /// by the kernel. Returns `None` when the kernel refuses.
 pub(crate) fn map(len: usize) -> Option<*mut u8> {
@@ -169,6 +183,14 @@ pub(crate) fn futex_wake_one(word: &AtomicU32) {
 }
 
 /// Milliseconds on a coarse monotonic clock (a vDSO read, no syscall).
+/// Under loom time stands still, so models stay deterministic.
+#[cfg(loom)]
+pub(crate) fn now_ms() -> u64 {
+    0
+}
+
+/// Milliseconds on a coarse monotonic clock (a vDSO read, no syscall).
+#[cfg(not(loom))]
 pub(crate) fn now_ms() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: ts is a valid out-pointer.

@@ -1,0 +1,197 @@
+//! fixalloc: the mheap's allocator for span records.
+//!
+//! Span records live in metadata chunks of their own (never in the heap
+//! they describe, invariant 2), as Go's `mheap.spanalloc`. Records come in a
+//! few sizes (the bitmap after each record depends on the size class), so
+//! each chunk holds records of one *bucket* only.
+//!
+//! A chunk is 256 KiB aligned to its size, so a record finds its chunk by
+//! masking its address. Each chunk keeps its own free list and count of
+//! records in use, and records are always taken from the oldest chunk that
+//! has one: the records in use pack into the first chunks, and the later
+//! ones empty out. When the scavenger finds a chunk with no record in use,
+//! it gives the chunk's pages back to the OS and carves it afresh later, so
+//! a program that once needed a million spans does not keep their records
+//! resident forever.
+//!
+//! Everything here runs under the mheap lock.
+
+use core::ptr;
+
+use crate::mspan::{BUCKET_WORDS, Span, SpanKind, record_bytes};
+use crate::os;
+use crate::sync::unmodelled::Counter;
+
+/// Bytes per chunk (and its alignment).
+const CHUNK: usize = 256 << 10;
+/// The header, padded so records stay 64-aligned.
+const HEADER: usize = 64;
+/// Bytes of a released chunk that stay resident (the page holding the
+/// header).
+const KEEP: usize = 4096;
+
+/// At the start of every chunk.
+#[repr(C)]
+struct Chunk {
+    /// The next (younger) chunk of the bucket.
+    next: *mut Chunk,
+    /// Freed records of this chunk, linked through `Owned::next`.
+    free: *mut Span,
+    /// Offset of the first byte never carved into a record.
+    cursor: usize,
+    /// Records of this chunk in use.
+    live: usize,
+    /// Creation order within the bucket.
+    seq: usize,
+}
+
+/// Records of one size.
+struct Bucket {
+    /// Chunks, oldest first.
+    chunks: *mut Chunk,
+    last: *mut Chunk,
+    /// No chunk before this one has a record to give.
+    hint: *mut Chunk,
+}
+
+/// The span-record allocator.
+pub(crate) struct SpanPool {
+    buckets: [Bucket; BUCKET_WORDS.len()],
+}
+
+// SAFETY: the pool owns its chunks; it is only used under the mheap lock.
+unsafe impl Send for SpanPool {}
+
+fn chunk_of(span: *mut Span) -> *mut Chunk {
+    (span as usize & !(CHUNK - 1)) as *mut Chunk
+}
+
+impl SpanPool {
+    pub(crate) const fn new() -> Self {
+        const EMPTY: Bucket = Bucket { chunks: ptr::null_mut(), last: ptr::null_mut(), hint: ptr::null_mut() };
+        SpanPool { buckets: [EMPTY; BUCKET_WORDS.len()] }
+    }
+
+    /// A record of `bucket`, or `None` when the kernel gives no memory.
+    pub(crate) fn get(&mut self, bucket: usize, meta_bytes: &Counter) -> Option<*mut Span> {
+        let bytes = record_bytes(bucket);
+        let b = &mut self.buckets[bucket];
+        // SAFETY: listed chunks are mapped and ours; a chunk's free records
+        // are unused and linked through `next`.
+        unsafe {
+            let mut c = if b.hint.is_null() { b.chunks } else { b.hint };
+            while !c.is_null() && (*c).free.is_null() && (*c).cursor + bytes > CHUNK {
+                c = (*c).next;
+            }
+            if c.is_null() {
+                c = os::map_aligned(CHUNK, CHUNK)?.cast();
+                meta_bytes.add_shared(CHUNK as u64);
+                let seq = if b.last.is_null() { 0 } else { (*b.last).seq + 1 };
+                c.write(Chunk { next: ptr::null_mut(), free: ptr::null_mut(), cursor: HEADER, live: 0, seq });
+                if b.last.is_null() {
+                    b.chunks = c;
+                } else {
+                    (*b.last).next = c;
+                }
+                b.last = c;
+            }
+            b.hint = c;
+            (*c).live += 1;
+            let head = (*c).free;
+            if !head.is_null() {
+                (*c).free = (*head).with_owned(|o, _| o.next);
+                return Some(head);
+            }
+            let at = (c as usize + (*c).cursor) as *mut Span;
+            (*c).cursor += bytes;
+            // SAFETY: [at, at + bytes) lies in the chunk, never carved since
+            // the chunk was mapped or released, and is 64-aligned.
+            Some(Span::create(at, bucket))
+        }
+    }
+
+    /// Takes back a record nobody refers to any more.
+    pub(crate) fn put(&mut self, span: *mut Span) {
+        // SAFETY: the caller gives up the record; its chunk is mapped and ours.
+        unsafe {
+            let s = &mut *span;
+            s.kind = SpanKind::Free;
+            let c = chunk_of(span);
+            let head = (*c).free;
+            s.with_owned(|o, _| o.next = head);
+            (*c).free = span;
+            (*c).live -= 1;
+            let b = &mut self.buckets[s.bucket as usize];
+            if b.hint.is_null() || (*c).seq < (*b.hint).seq {
+                b.hint = c;
+            }
+        }
+    }
+
+    /// Gives the pages of chunks with no record in use back to the OS.
+    /// Returns the bytes released.
+    pub(crate) fn release(&mut self) -> usize {
+        let mut released = 0;
+        for b in &mut self.buckets {
+            let mut c = b.chunks;
+            // SAFETY: listed chunks are mapped and ours.
+            unsafe {
+                while !c.is_null() {
+                    if (*c).live == 0 && (*c).cursor > HEADER {
+                        os::release((c as usize + KEEP) as *mut u8, CHUNK - KEEP);
+                        released += (*c).cursor.saturating_sub(KEEP);
+                        (*c).cursor = HEADER;
+                        (*c).free = ptr::null_mut();
+                    }
+                    c = (*c).next;
+                }
+            }
+        }
+        released
+    }
+
+    /// Unmaps every chunk (the heap is being dropped).
+    pub(crate) fn unmap_all(&mut self) {
+        for b in &mut self.buckets {
+            let mut c = b.chunks;
+            while !c.is_null() {
+                // SAFETY: the chunk is ours and nothing refers to it any more.
+                let next = unsafe { (*c).next };
+                os::unmap(c.cast(), CHUNK);
+                c = next;
+            }
+            *b = Bucket { chunks: ptr::null_mut(), last: ptr::null_mut(), hint: ptr::null_mut() };
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_reused_and_empty_chunks_released_and_carved_again() {
+        let mut pool = SpanPool::new();
+        let meta = Counter::new();
+        let per_chunk = (CHUNK - HEADER) / record_bytes(2);
+        let recs: Vec<_> = (0..per_chunk + 10).map(|_| pool.get(2, &meta).unwrap()).collect();
+        assert_eq!(meta.get(), 2 * CHUNK as u64, "two chunks");
+        let first_chunk = chunk_of(recs[0]);
+        assert!(recs[..per_chunk].iter().all(|&r| chunk_of(r) == first_chunk));
+        // Free the whole first chunk and one record of the second.
+        for &r in &recs[..per_chunk] {
+            pool.put(r);
+        }
+        pool.put(recs[per_chunk]);
+        assert!(pool.release() > 0);
+        // The oldest chunk is carved afresh first, from its start...
+        let fresh = pool.get(2, &meta).unwrap();
+        assert_eq!(fresh as usize, first_chunk as usize + HEADER);
+        assert_eq!(unsafe { (*fresh).bucket }, 2);
+        // ... and a chunk's worth of records needs no new mapping.
+        let more: Vec<_> = (0..per_chunk).map(|_| pool.get(2, &meta).unwrap()).collect();
+        assert_eq!(meta.get(), 2 * CHUNK as u64);
+        assert!(more.contains(&recs[per_chunk]), "the second chunk's free record is reused");
+        pool.unmap_all();
+    }
+}
