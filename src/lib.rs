@@ -38,6 +38,8 @@
 #![warn(missing_docs)]
 
 mod arena;
+#[doc(hidden)]
+pub mod audit;
 mod fixalloc;
 #[cfg(not(loom))]
 mod global;
@@ -54,6 +56,13 @@ mod sync;
 
 #[cfg(not(loom))]
 pub use global::{SpanAlloc, release, stats};
+
+/// Internals the loom models in `loom-tests/` check directly. Not API.
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod loom_api {
+    pub use crate::sync::RawLock;
+}
 pub use heap::Heap;
 pub use mcache::MCache;
 pub use stats::{ClassStats, StackStats, Stats};

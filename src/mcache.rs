@@ -101,6 +101,7 @@ const NO_DEFERRED: Deferred = Deferred { span: ptr::null_mut(), word: 0, mask: 0
 
 /// What a cache is, for the slow paths.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) enum Mode {
     /// A value the caller holds ([`MCache`]).
     Explicit,
@@ -164,7 +165,7 @@ impl CacheCore {
             classes[c] = ClassCache::new(c);
             c += 1;
         }
-        CacheCore { classes, deferred: [NO_DEFERRED; NUM_CLASSES], mode, next_trim: 0 }
+        CacheCore { classes, deferred: [NO_DEFERRED; NUM_CLASSES], mode, next_trim: os::FIRST_DEADLINE }
     }
 
     // -----------------------------------------------------------------------

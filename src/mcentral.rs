@@ -26,7 +26,7 @@ use core::ptr;
 
 use crate::heap::Heap;
 use crate::mspan::{self, CENTRAL, ListId, NOTIFIED, Span};
-use crate::sizeclass::{CLASSES, PAGE_SIZE};
+use crate::sizeclass::CLASSES;
 use crate::sync::atomic::{AtomicPtr, Ordering};
 use crate::sync::{Mutex, const_fn_unless_loom};
 
@@ -34,7 +34,7 @@ use crate::sync::{Mutex, const_fn_unless_loom};
 /// 128 KiB of objects, at least two spans.
 #[cfg(not(loom))]
 fn empty_budget(class: usize) -> usize {
-    let span = CLASSES[class].pages as usize * PAGE_SIZE;
+    let span = CLASSES[class].pages as usize * crate::sizeclass::PAGE_SIZE;
     ((128 << 10) / span).max(2)
 }
 
@@ -132,6 +132,25 @@ impl MCentral {
     /// Null when the heap is out of memory.
     pub(crate) fn cache_span(&self, heap: &Heap, class: usize) -> *mut Span {
         let pages = CLASSES[class].pages as u64;
+        #[cfg(spanalloc_mutant = "refill_toctou")]
+        {
+            // Mutant: look at the partial list and take from it in two
+            // critical sections, so two caches can take one span.
+            let peek = {
+                let mut lists = self.lists.lock();
+                self.drain(&mut lists, heap);
+                lists.partial.head
+            };
+            if let Some(span) = unsafe { peek.as_ref() } {
+                let mut lists = self.lists.lock();
+                if span.with_owned(|o, _| o.list) == ListId::Partial {
+                    lists.partial.remove(span);
+                }
+                span.claim_for_cache();
+                heap.mheap.counters.cached_pages.add_shared(pages);
+                return peek;
+            }
+        }
         {
             let mut lists = self.lists.lock();
             self.drain(&mut lists, heap);
@@ -192,6 +211,22 @@ impl MCentral {
         while let Some(span) = kept.pop() {
             lists.empty.push(span, ListId::Empty);
         }
+    }
+
+    /// Runs `f` on every span on the lists, with the list it is on, under
+    /// the lock (after draining the notify stack). Returns the full count.
+    pub(crate) fn for_each_listed(&self, heap: &Heap, mut f: impl FnMut(&Span, ListId)) -> usize {
+        let mut lists = self.lists.lock();
+        self.drain(&mut lists, heap);
+        for (list, id) in [(&lists.partial, ListId::Partial), (&lists.empty, ListId::Empty)] {
+            let mut at = list.head;
+            // SAFETY: listed spans are live records owned by the lock holder.
+            while let Some(span) = unsafe { at.as_ref() } {
+                f(span, id);
+                at = span.with_owned(|o, _| o.next);
+            }
+        }
+        lists.nfull
     }
 
     /// Counts of the lists (for stats).

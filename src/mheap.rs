@@ -182,7 +182,7 @@ impl MHeap {
                     pool: SpanPool::new(),
                 }),
                 id: AtomicU64::new(0),
-                next_tick: AtomicU64::new(0),
+                next_tick: AtomicU64::new(os::FIRST_DEADLINE),
                 counters: HeapCounters {
                     large_allocs: Counter::new(),
                     large_frees: Counter::new(),
@@ -269,6 +269,19 @@ impl MHeap {
         let Some(run) = st.take_pages(id, n, align_pages, &self.counters) else {
             st.pool.put(span);
             return (ptr::null_mut(), false);
+        };
+        #[cfg(spanalloc_mutant = "grow_toctou")]
+        let st = {
+            // Mutant: find the run, let go of the lock, then take it: two
+            // threads growing the heap can take the same pages.
+            // SAFETY: the run's arena is live.
+            let m = unsafe { &*run.meta };
+            st.put_pages(m, run.page, n, &self.counters);
+            drop(st);
+            crate::sync::spin_point();
+            let st = self.state.lock();
+            m.pages.with_mut(|p| unsafe { (*p).take(run.page, n) });
+            st
         };
         // SAFETY: the run's arena is live; the record is ours alone.
         let meta = unsafe { &*run.meta };
@@ -475,6 +488,26 @@ impl MHeap {
         drop(st);
         self.counters.released_pages.add_shared(released as u64);
         released
+    }
+
+    /// Runs `f` on the page → span entries of every arena, under the lock:
+    /// `f(page address, span, page is free)`.
+    pub(crate) fn for_each_page(&self, mut f: impl FnMut(usize, *mut Span, bool)) {
+        let st = self.state.lock();
+        let mut meta = st.arenas;
+        while !meta.is_null() {
+            // SAFETY: listed arenas are live; under the heap lock.
+            let m = unsafe { &*meta };
+            m.pages.with(|p| {
+                // SAFETY: under the heap lock.
+                let p = unsafe { &*p };
+                for page in arena::FIRST_PAGE..p.grown {
+                    let free = p.free[page / 64] & (1 << (page % 64)) != 0;
+                    f(m.page_addr(page), m.spans[page].load(Ordering::Acquire), free);
+                }
+            });
+            meta = m.pages.with(|p| unsafe { (*p).next });
+        }
     }
 
     /// Lock handles for `fork`.

@@ -382,10 +382,22 @@ impl Span {
         if let Some((w, dup)) = dup {
             report::double_free(self.object_addr(w * 64 + dup.trailing_zeros() as usize), self.elem_size as usize);
         }
+        // Subtract what was merged, not the count read above: a freer may
+        // have set its bits and not counted them yet.
+        #[cfg(spanalloc_mutant = "collect_trusts_count")]
+        let merged = merged.min(pending(self.state.load(Ordering::Acquire)).max(0) as u32);
         if merged > 0 {
             self.state.fetch_sub((merged as u64) << PENDING_SHIFT, Ordering::AcqRel);
         }
         merged
+    }
+
+    /// Remote frees landed and not yet merged (bits set in `remote_bits`).
+    pub(crate) fn remote_count(&self) -> u32 {
+        (0..self.used_words())
+            // SAFETY: w < used_words <= capacity.
+            .map(|w| unsafe { &*self.remote_bits.add(w) }.load(Ordering::Acquire).count_ones())
+            .sum()
     }
 
     /// Hands the span from its mcache to the mcentral: the caller holds the
@@ -395,6 +407,18 @@ impl Span {
         let nfree = self.with_owned(|o, _| o.nfree);
         let nalloc_now = self.nelems - nfree;
         let mut s = self.state.load(Ordering::Relaxed);
+        #[cfg(spanalloc_mutant = "publish_store")]
+        {
+            // Mutant: a plain store loses a remote free counted meanwhile.
+            let mut n = with_nalloc(s, nalloc_now) | CENTRAL;
+            if nfree == 0 && pending(s) <= 0 {
+                n |= FULL;
+            }
+            crate::sync::spin_point();
+            self.state.store(n, Ordering::Release);
+            return n;
+        }
+        #[allow(unreachable_code)]
         loop {
             let mut n = with_nalloc(s, nalloc_now) | CENTRAL;
             n &= !FULL;
@@ -432,20 +456,33 @@ impl Span {
         debug_assert!(w < self.used_words());
         // SAFETY: w < used_words <= capacity.
         let word = unsafe { &*self.remote_bits.add(w) };
+        // The bits land before the count: once the count says every object
+        // is free, nobody touches the span any more (see the module docs).
+        #[cfg(not(spanalloc_mutant = "count_before_bits"))]
         let prev = word.fetch_or(mask, Ordering::Release);
+        #[cfg(spanalloc_mutant = "count_before_bits")]
+        let prev = 0;
         if prev & mask != 0 {
             let dup = prev & mask;
             report::double_free(self.object_addr(w * 64 + dup.trailing_zeros() as usize), self.elem_size as usize);
         }
         let k = mask.count_ones() as i32;
         let mut s = self.state.load(Ordering::Relaxed);
+        #[cfg(spanalloc_mutant = "count_before_bits")]
+        let mut late = Some((word, mask));
         loop {
             let n = add_pending(s, k);
             let wake = s & (CENTRAL | NOTIFIED) == CENTRAL
                 && ((s & FULL != 0 && pending(s) <= 0 && pending(n) > 0) || pending(n) == nalloc(n));
             let n = if wake { n | NOTIFIED } else { n };
             match self.state.compare_exchange_weak(s, n, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => return wake,
+                Ok(_) => {
+                    #[cfg(spanalloc_mutant = "count_before_bits")]
+                    if let Some((word, mask)) = late.take() {
+                        word.fetch_or(mask, Ordering::Release);
+                    }
+                    return wake;
+                }
                 Err(x) => s = x,
             }
         }

@@ -11,7 +11,6 @@
 
 use core::ptr;
 
-use crate::sync::atomic::AtomicU32;
 use crate::sync::unmodelled::{AtomicUsize, Ordering};
 
 /// `madvise` advice that installs guard pages without new mappings
@@ -159,7 +158,7 @@ pub(crate) fn errno() -> i32 {
 
 /// Sleeps while `*word == expected` (or until woken or interrupted).
 #[cfg(not(loom))]
-pub(crate) fn futex_wait(word: &AtomicU32, expected: u32) {
+pub(crate) fn futex_wait(word: &crate::sync::atomic::AtomicU32, expected: u32) {
     // SAFETY: FUTEX_WAIT reads the word atomically and sleeps; the pointer
     // is valid for the duration of the call.
     unsafe {
@@ -175,19 +174,23 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32) {
 
 /// Wakes one thread sleeping in [`futex_wait`] on `word`.
 #[cfg(not(loom))]
-pub(crate) fn futex_wake_one(word: &AtomicU32) {
+pub(crate) fn futex_wake_one(word: &crate::sync::atomic::AtomicU32) {
     // SAFETY: FUTEX_WAKE only reads the address as a key.
     unsafe {
         libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, 1);
     }
 }
 
-/// Milliseconds on a coarse monotonic clock (a vDSO read, no syscall).
-/// Under loom time stands still, so models stay deterministic.
+/// Under loom time stands still, so models stay deterministic (and the
+/// scavenger runs only when a model calls `release`).
 #[cfg(loom)]
 pub(crate) fn now_ms() -> u64 {
     0
 }
+
+/// The first deadline of a periodic task (tick, trim): at once in a normal
+/// build, never under loom.
+pub(crate) const FIRST_DEADLINE: u64 = if cfg!(loom) { u64::MAX } else { 0 };
 
 /// Milliseconds on a coarse monotonic clock (a vDSO read, no syscall).
 #[cfg(not(loom))]

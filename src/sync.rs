@@ -113,14 +113,24 @@ const CONTENDED: u32 = 2;
 /// Spins before sleeping. Critical sections are short (list pushes, a
 /// bitmap scan), so a brief spin usually wins; sleeping keeps a descheduled
 /// holder from costing other threads a whole time slice on a small machine.
-const SPINS: u32 = 100;
+const SPINS: u32 = if cfg!(loom) { 2 } else { 100 };
+/// The lock's orderings (relaxed in the "lock_relaxed" mutant, which its
+/// loom model must catch).
+#[cfg(not(spanalloc_mutant = "lock_relaxed"))]
+const ACQUIRE: Ordering = Ordering::Acquire;
+#[cfg(not(spanalloc_mutant = "lock_relaxed"))]
+const RELEASE: Ordering = Ordering::Release;
+#[cfg(spanalloc_mutant = "lock_relaxed")]
+const ACQUIRE: Ordering = Ordering::Relaxed;
+#[cfg(spanalloc_mutant = "lock_relaxed")]
+const RELEASE: Ordering = Ordering::Relaxed;
 
 /// A futex lock in one `u32` (under loom: loom's atomics and `yield_now`).
 ///
 /// States: 0 unlocked, 1 locked, 2 locked with possible sleepers. The
 /// algorithm is the three-state mutex from Drepper's "Futexes Are Tricky".
 #[derive(Debug)]
-pub(crate) struct RawLock {
+pub struct RawLock {
     state: AtomicU32,
 }
 
@@ -130,26 +140,29 @@ impl RawLock {
         RawLock { state: AtomicU32::new(UNLOCKED) }
     }
 
+    /// A new, unlocked lock.
     #[cfg(loom)]
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         RawLock { state: AtomicU32::new(UNLOCKED) }
     }
 
+    /// Takes the lock, spinning briefly and then sleeping.
     #[inline]
-    pub(crate) fn lock(&self) {
+    pub fn lock(&self) {
         if self
             .state
-            .compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(UNLOCKED, LOCKED, ACQUIRE, Ordering::Relaxed)
             .is_err()
         {
             self.lock_contended();
         }
     }
 
+    /// Takes the lock if it is free.
     #[inline]
-    pub(crate) fn try_lock(&self) -> bool {
+    pub fn try_lock(&self) -> bool {
         self.state
-            .compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(UNLOCKED, LOCKED, ACQUIRE, Ordering::Relaxed)
             .is_ok()
     }
 
@@ -162,7 +175,7 @@ impl RawLock {
             spin_hint();
         }
         // From here on we may sleep, so whoever unlocks must wake us.
-        while self.state.swap(CONTENDED, Ordering::Acquire) != UNLOCKED {
+        while self.state.swap(CONTENDED, ACQUIRE) != UNLOCKED {
             wait(&self.state, CONTENDED);
         }
     }
@@ -173,11 +186,18 @@ impl RawLock {
     /// The calling thread must hold the lock (or, after `fork`, hold it on
     /// behalf of the thread that took it in the prepare handler).
     #[inline]
-    pub(crate) unsafe fn unlock(&self) {
-        if self.state.swap(UNLOCKED, Ordering::Release) == CONTENDED {
+    pub unsafe fn unlock(&self) {
+        if self.state.swap(UNLOCKED, RELEASE) == CONTENDED {
             wake_one(&self.state);
         }
     }
+}
+
+/// A point where a model may switch threads (used by mutants).
+#[cfg(loom)]
+#[allow(dead_code)]
+pub(crate) fn spin_point() {
+    loom::thread::yield_now();
 }
 
 #[cfg(not(loom))]

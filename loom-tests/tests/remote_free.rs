@@ -1,0 +1,55 @@
+//! A free from another thread races with the owner allocating from, and
+//! releasing, the same span.
+//!
+//! Guards: the owner merges remote frees by the bits it finds and subtracts
+//! exactly what it merged, so a freer whose bits are set but not yet counted
+//! cannot leave a count behind (mutant `collect_trusts_count` subtracts the
+//! count it read instead).
+
+#![cfg(loom)]
+
+use std::sync::Arc;
+
+use loom::sync::mpsc::channel;
+use spanalloc::Heap;
+use spanalloc_loom_tests::{FOUR_PER_SPAN, assert_disjoint, free_all_and_audit, layout, model, spawn};
+
+#[test]
+fn remote_frees_race_owner_allocating_from_and_releasing_the_span() {
+    model(|| {
+        let heap = Arc::new(Heap::new());
+        let (tx1, rx1) = channel::<usize>();
+        let (tx2, rx2) = channel::<usize>();
+        let h = heap.clone();
+        let owner = spawn(move || {
+            let l = layout(FOUR_PER_SPAN);
+            let mut cache = h.cache();
+            // The span's four objects: two go to other threads.
+            let objs: Vec<usize> = (0..4).map(|_| cache.alloc(l) as usize).collect();
+            tx1.send(objs[0]).unwrap();
+            tx2.send(objs[1]).unwrap();
+            // The span is exhausted: refilling merges the remote frees that
+            // have landed (or are landing), or gives the span back and takes
+            // a fresh one.
+            let x = cache.alloc(l) as usize;
+            let y = cache.alloc(l) as usize;
+            vec![objs[2], objs[3], x, y]
+        });
+        let freer = |heap: Arc<Heap>, rx: loom::sync::mpsc::Receiver<usize>| {
+            spawn(move || {
+                let p = rx.recv().unwrap();
+                let mut cache = heap.cache();
+                unsafe { cache.dealloc(p as *mut u8, layout(FOUR_PER_SPAN)) };
+                // Dropping the cache lands the deferred free in the span.
+            })
+        };
+        let f1 = freer(heap.clone(), rx1);
+        let f2 = freer(heap.clone(), rx2);
+        let kept = owner.join().unwrap();
+        f1.join().unwrap();
+        f2.join().unwrap();
+        let live: Vec<_> = kept.into_iter().map(|p| (p, FOUR_PER_SPAN)).collect();
+        assert_disjoint(&live);
+        free_all_and_audit(&heap, &live);
+    });
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Proves the loom models can fail: for each model, builds spanalloc with a
+# known fault (cfg spanalloc_mutant = "...") and expects the model to catch
+# it. A mutant that compiles and passes its model means the model has gone
+# blind; a mutant that does not compile is an error too.
+set -euo pipefail
+cd "$(dirname "$0")/../loom-tests"
+export LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}"
+export CARGO_TARGET_DIR=target/mutant
+# mutant            model        the fault
+mutants=(
+  "refill_toctou        refill       the mcentral takes and claims a span in two critical sections"
+  "collect_trusts_count remote_free  the owner subtracts the pending count it read, not what it merged"
+  "count_before_bits    retire       a remote free counts itself before setting its bits"
+  "grow_toctou          grow         the mheap finds a run, lets go of its lock, then takes it"
+  "publish_store        exit_flush   a span is handed to its mcentral with a store, not a CAS"
+  "lock_relaxed         lock         the lock acquires and releases with relaxed ordering"
+)
+if [ -f tests/stack_pool.rs ]; then
+  mutants+=("pool_unlocked_refill stack_pool   a stack cache refills from its pool without the pool's lock")
+fi
+failed=0
+for line in "${mutants[@]}"; do
+  read -r mutant model fault <<<"$line"
+  export RUSTFLAGS="--cfg loom --cfg spanalloc_mutant=\"$mutant\""
+  if ! cargo test --release --test "$model" --no-run >/dev/null 2>&1; then
+    echo "mutant $mutant: does not compile" >&2
+    failed=1
+    continue
+  fi
+  log=$(mktemp)
+  if cargo test --release --test "$model" >"$log" 2>&1; then
+    echo "mutant $mutant ($fault): model $model PASSED - it should have failed" >&2
+    failed=1
+  else
+    why=$(grep -m1 -E "panicked at|Causality|deadlock|SIGABRT|signal" "$log" || echo "exit status $?")
+    echo "mutant $mutant: caught by $model -- ${why}"
+    grep -m1 -A1 "panicked at" "$log" | tail -1 | sed 's/^/    /' || true
+  fi
+  rm -f "$log"
+done
+exit $failed
