@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Every test spanalloc has: unit and whole-allocator tests (tests/), doc
+# tests, the loom models (loom-tests/) and the proof that each model catches
+# the fault it guards against (scripts/loom-mutants.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+echo "== unit, integration and doc tests"
+cargo test --all-targets
+cargo test --doc
+echo "== loom models"
+scripts/loom.sh
+echo "== loom models catch their mutants"
+scripts/loom-mutants.sh
+echo "== all tests passed"
