@@ -56,14 +56,22 @@ thread_local! {
     };
 }
 
+/// The calling thread's cache. The closure is trivial on purpose: the
+/// thread-local access then inlines to one TLS-relative address wherever the
+/// allocator is inlined, instead of a call through the key's accessor.
+#[inline(always)]
+fn thread_cache() -> *const ThreadCache {
+    CACHE.with(|tc| tc as *const ThreadCache)
+}
+
 /// Runs `f` on the calling thread's cache.
 #[inline(always)]
 fn with_cache<R>(f: impl FnOnce(&mut CacheCore, &CacheStats) -> R) -> R {
-    CACHE.with(|tc| {
-        // SAFETY: only this thread reaches its cache, and the allocator never
-        // re-enters itself, so this is the only reference.
-        f(unsafe { &mut *tc.core.get() }, &tc.stats)
-    })
+    let tc = thread_cache();
+    // SAFETY: the cache lives as long as its thread; only this thread
+    // reaches it, and the allocator never re-enters itself, so this is the
+    // only reference.
+    unsafe { f(&mut *(*tc).core.get(), &(*tc).stats) }
 }
 
 /// spanalloc as Rust's global allocator:
@@ -138,7 +146,7 @@ pub(crate) fn activate(heap: &Heap, core: &mut CacheCore, stats: &CacheStats) {
     // destructor unregisters them.
     unsafe { HEAP.register(stats) };
     if hooks == 2 {
-        let tc = CACHE.with(|tc| tc as *const ThreadCache);
+        let tc = thread_cache();
         // SAFETY: the key exists; the value is this thread's cache.
         unsafe { libc::pthread_setspecific(KEY.load(Ordering::Relaxed) as libc::pthread_key_t, tc.cast()) };
     }

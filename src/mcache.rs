@@ -49,6 +49,10 @@ use crate::sync::unmodelled::Counter;
 /// One size class's slot in the cache: one 64-byte line.
 #[repr(C, align(64))]
 pub(crate) struct ClassCache {
+    /// The object freed last, if the window's `last` slot was empty: the
+    /// next allocation takes it back without touching the mask. It lies in
+    /// the window, and its mask bit stays clear while it waits here.
+    last: usize,
     /// Free objects of the window: bit `i` is the object at `base + i * size`.
     mask: u64,
     /// Address of the window's first object (0 when there is no span).
@@ -69,6 +73,7 @@ impl ClassCache {
     const fn new(class: usize) -> Self {
         let info = crate::sizeclass::CLASSES_CONST[class];
         ClassCache {
+            last: 0,
             mask: 0,
             base: 0,
             win_bytes: 0,
@@ -79,7 +84,17 @@ impl ClassCache {
         }
     }
 
+    /// The free objects of the window, with `last` folded back into the mask.
+    fn window_mask(&self) -> u64 {
+        if self.last == 0 {
+            return self.mask;
+        }
+        let idx = (self.last - self.base) / self.size;
+        self.mask | 1 << idx
+    }
+
     fn clear(&mut self) {
+        self.last = 0;
         self.mask = 0;
         self.base = 0;
         self.win_bytes = 0;
@@ -185,11 +200,20 @@ impl CacheCore {
     fn alloc_class(&mut self, heap: &Heap, stats: &CacheStats, class: usize) -> *mut u8 {
         // SAFETY: classes are below NUM_CLASSES.
         let e = unsafe { self.classes.get_unchecked_mut(class) };
+        // SAFETY: as above.
+        let counters = unsafe { stats.classes.get_unchecked(class) };
+        let last = e.last;
+        if last != 0 {
+            // The object freed last: a free followed by an allocation costs
+            // a store and a load, with no arithmetic between them.
+            e.last = 0;
+            counters.mallocs.bump(1);
+            return last as *mut u8;
+        }
         let m = e.mask;
         if m != 0 {
             e.mask = m & (m - 1);
-            // SAFETY: as above.
-            unsafe { stats.classes.get_unchecked(class) }.mallocs.bump(1);
+            counters.mallocs.bump(1);
             return (e.base + m.trailing_zeros() as usize * e.size) as *mut u8;
         }
         self.refill_alloc(heap, stats, class)
@@ -220,8 +244,13 @@ impl CacheCore {
             let prod = off as u128 * e.div as u128;
             let idx = (prod >> 64) as u32;
             let m = e.mask;
-            if (prod as u64) < e.div && (m >> (idx & 63)) & 1 == 0 {
-                e.mask = m | 1 << (idx & 63);
+            // Not already free (in the mask, or waiting in `last`).
+            if (prod as u64) < e.div && (m >> (idx & 63)) & 1 == 0 && e.last != addr {
+                if e.last == 0 {
+                    e.last = addr;
+                } else {
+                    e.mask = m | 1 << (idx & 63);
+                }
                 // SAFETY: as above.
                 unsafe { stats.classes.get_unchecked(class) }.frees.bump(1);
                 return;
@@ -355,7 +384,7 @@ impl CacheCore {
                 continue;
             }
             span.collect();
-            let free = span.with_owned(|o, _| o.nfree) + e.mask.count_ones();
+            let free = span.with_owned(|o, _| o.nfree) + e.window_mask().count_ones();
             if free == span.nelems {
                 self.release_span(heap, class);
             }
@@ -419,8 +448,9 @@ impl CacheCore {
         let Some(span) = (unsafe { e.span.as_ref() }) else {
             return;
         };
-        if e.mask != 0 {
-            let dup = span.give_back(e.window, e.mask);
+        let mask = e.window_mask();
+        if mask != 0 {
+            let dup = span.give_back(e.window, mask);
             if dup != 0 {
                 report::double_free(e.base + dup.trailing_zeros() as usize * e.size, e.size);
             }
