@@ -15,6 +15,8 @@ mutants=(
   "grow_toctou          grow         the mheap finds a run, lets go of its lock, then takes it"
   "publish_store        exit_flush   a span is handed to its mcentral with a store, not a CAS"
   "lock_relaxed         lock         the lock acquires and releases with relaxed ordering"
+  "owner_not_told       owner_notice a remote free into a span put aside does not tell its owner"
+  "notify_push_relaxed  remote_free  a notify-stack push does not publish the span's link"
 )
 if [ -f tests/stack_pool.rs ]; then
   mutants+=("pool_unlocked_refill stack_pool   a stack cache refills from its pool without the pool's lock")

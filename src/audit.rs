@@ -2,7 +2,7 @@
 //!
 //! [`Heap::audit`] walks every mcentral list and every arena page and
 //! checks that what the levels believe agrees: each small span is owned by
-//! exactly one party and sits on the list its state asks for, its counters
+//! its mcentral and sits on the list its state asks for, its counters
 //! match its bitmaps, every page is either free or in exactly one span, and
 //! the objects the spans hold allocated are the objects the statistics call
 //! live. It panics (it is for tests) on the first violation, and it
@@ -39,6 +39,7 @@ impl Heap {
     /// mcentral), no thread inside it. Panics on the first violation.
     #[doc(hidden)]
     pub fn audit(&self) -> Audit {
+        self.forward_idle_notices();
         let mut audit = Audit::default();
         for class in 1..NUM_CLASSES {
             let full = self.central[class].for_each_listed(self, |span, list| {
@@ -81,7 +82,7 @@ impl Heap {
                     }
                     audit.small_spans += 1;
                     let state = s.state.load(Ordering::Acquire);
-                    assert_eq!(state & (CENTRAL | NOTIFIED), CENTRAL, "span not owned by its mcentral");
+                    assert_eq!(state & (CENTRAL | NOTIFIED), CENTRAL, "span not owned by its mcentral: {state:#x}");
                     match s.with_owned(|o, _| o.list) {
                         ListId::Full => {
                             assert_eq!(state & mspan::FULL, mspan::FULL);
@@ -90,7 +91,7 @@ impl Heap {
                         }
                         ListId::Partial => partial_found += 1,
                         ListId::Empty => empty_found += 1,
-                        ListId::None => panic!("central span {addr:#x} on no list"),
+                        ListId::None | ListId::Cache => panic!("central span {addr:#x} on no list"),
                     }
                     let allocated = mspan::nalloc(state) - mspan::pending(state);
                     assert!(allocated >= 0);

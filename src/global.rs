@@ -114,9 +114,10 @@ unsafe impl GlobalAlloc for SpanAlloc {
 /// (`MADV_DONTNEED`). Without this call the same happens gradually, a
 /// scavenger tick after memory was freed.
 pub fn release() {
-    with_cache(|c, _| {
+    with_cache(|c, stats| {
         if c.mode == Mode::ThreadActive {
             c.flush(&HEAP);
+            c.publish(stats);
         }
     });
     HEAP.release();
@@ -138,6 +139,7 @@ static KEY: AtomicUsize = AtomicUsize::new(0);
 /// Sets up a thread's cache on its first refill.
 pub(crate) fn activate(heap: &Heap, core: &mut CacheCore, stats: &CacheStats) {
     core.mode = Mode::ThreadActive;
+    core.index = heap.take_index();
     if !ptr::eq(heap, &HEAP) {
         return;
     }
@@ -182,6 +184,9 @@ unsafe extern "C" fn thread_exit(arg: *mut libc::c_void) {
     let tc = unsafe { &*(arg as *const ThreadCache) };
     let core = unsafe { &mut *tc.core.get() };
     core.flush(&HEAP);
+    core.publish(&tc.stats);
+    HEAP.give_index(core.index);
+    core.index = 0;
     HEAP.unregister(&tc.stats);
     core.mode = Mode::Exited;
 }

@@ -19,7 +19,7 @@ use crate::arena;
 use crate::mcache::{CacheCore, CacheStats, MCache, Mode};
 use crate::mcentral::MCentral;
 use crate::mheap::MHeap;
-use crate::mspan::{Span, SpanKind};
+use crate::mspan::{MAX_OWNER, NotifyStack, Span, SpanKind, Wake};
 use crate::os;
 use crate::report;
 use crate::sizeclass::{CLASSES, NUM_CLASSES, PAGE_SIZE};
@@ -38,6 +38,82 @@ pub struct Heap {
     /// The cache threads use after their own was flushed at exit.
     fallback: Mutex<CacheCore>,
     fallback_stats: CacheStats,
+    /// Indices for mcaches (see `mspan`'s owner field).
+    indices: Mutex<IndexPool>,
+    /// Each mcache index's notify stack: spans of that cache that received
+    /// their first remote free.
+    owner_stacks: OwnerStacks,
+}
+
+/// The highest mcache index handed out (under loom: a few, so the table is
+/// small enough to build in every model run).
+const MAX_INDEX: u32 = if cfg!(loom) { 7 } else { MAX_OWNER };
+
+/// The notify stacks of the mcaches, indexed by cache index. In a normal
+/// build a table of `MAX_INDEX + 1` stacks in zero pages reserved on first
+/// use (1 MiB of address space, a page resident per 512 caches); under loom
+/// a small array.
+struct OwnerStacks {
+    #[cfg(not(loom))]
+    table: crate::sync::unmodelled::AtomicPtr<NotifyStack>,
+    #[cfg(loom)]
+    table: [NotifyStack; MAX_INDEX as usize + 1],
+}
+
+impl OwnerStacks {
+    const_fn_unless_loom! {
+        fn new() -> OwnerStacks {
+            #[cfg(not(loom))]
+            return OwnerStacks { table: crate::sync::unmodelled::AtomicPtr::new(ptr::null_mut()) };
+            #[cfg(loom)]
+            return OwnerStacks { table: core::array::from_fn(|_| NotifyStack::new()) };
+        }
+    }
+
+    /// Makes sure the table exists (called when an index is first taken).
+    fn reserve(&self) -> bool {
+        #[cfg(not(loom))]
+        {
+            if self.table.load(Ordering::Acquire).is_null() {
+                let bytes = (MAX_INDEX as usize + 1) * size_of::<NotifyStack>();
+                // Zero bytes are empty stacks.
+                let Some(table) = os::map(bytes) else {
+                    return false;
+                };
+                self.table.store(table.cast(), Ordering::Release);
+            }
+        }
+        true
+    }
+
+    /// The notify stack of the cache with index `index` (not 0).
+    fn get(&self, index: u32) -> &NotifyStack {
+        debug_assert!(index != 0 && index <= MAX_INDEX);
+        #[cfg(not(loom))]
+        // SAFETY: the table exists once any index was handed out, and the
+        // index is in range.
+        return unsafe { &*self.table.load(Ordering::Acquire).add(index as usize) };
+        #[cfg(loom)]
+        return &self.table[index as usize];
+    }
+
+    #[cfg(not(loom))]
+    fn unmap(&self) {
+        let table = self.table.load(Ordering::Acquire);
+        if !table.is_null() {
+            os::unmap(table.cast(), (MAX_INDEX as usize + 1) * size_of::<NotifyStack>());
+        }
+    }
+}
+
+/// The mcache indices in use: each live cache has a distinct one (or 0,
+/// none, once all are taken).
+struct IndexPool {
+    /// Indices never handed out start here.
+    next: u32,
+    /// Indices given back, for reuse.
+    free: [u32; 1024],
+    nfree: usize,
 }
 
 // SAFETY: everything shared is behind locks or atomics (see each level).
@@ -63,6 +139,8 @@ impl Heap {
                 retired: CacheStats::new(),
                 fallback: Mutex::new(CacheCore::new(Mode::Explicit)),
                 fallback_stats: CacheStats::new(),
+                indices: Mutex::new(IndexPool { next: 1, free: [0; 1024], nfree: 0 }),
+                owner_stacks: OwnerStacks::new(),
             }
         }
     }
@@ -76,6 +154,7 @@ impl Heap {
     /// mheap and every free page is released with `MADV_DONTNEED`. Spans in
     /// caches stay where they are (flush a cache first to include it).
     pub fn release(&self) {
+        self.forward_idle_notices();
         for central in &self.central[1..] {
             central.release_empty(self);
         }
@@ -86,6 +165,7 @@ impl Heap {
     pub fn stats(&self) -> Stats {
         let mut s = Stats::default();
         let add = |s: &mut Stats, cs: &CacheStats| {
+            s.cached += cs.owned_pages.get() * PAGE_SIZE as u64;
             for c in 1..NUM_CLASSES {
                 s.by_class[c].mallocs += cs.classes[c].mallocs.get();
                 s.by_class[c].frees += cs.classes[c].frees.get();
@@ -117,7 +197,6 @@ impl Heap {
         s.heap_released = k.released_pages.get() * PAGE_SIZE as u64;
         s.heap_sys = k.sys_pages.get() * PAGE_SIZE as u64;
         s.metadata = k.meta_bytes.get();
-        s.cached = k.cached_pages.get() * PAGE_SIZE as u64;
         s.finish(k.small_pages.get());
         s
     }
@@ -173,6 +252,7 @@ impl Heap {
 
     #[cold]
     fn tick(&self) {
+        self.forward_idle_notices();
         for central in &self.central[1..] {
             central.release_empty(self);
         }
@@ -190,6 +270,85 @@ impl Heap {
     pub(crate) fn fallback_dealloc(&self, addr: usize, size: usize, align: usize) {
         // SAFETY: the caller validated `addr` as a live object of this size.
         unsafe { self.fallback.lock().dealloc(self, &self.fallback_stats, addr as *mut u8, size, align) }
+    }
+
+    /// An index for a new mcache: distinct from every live cache's, or 0
+    /// when all are taken (the cache then owns only its current spans).
+    pub(crate) fn take_index(&self) -> u32 {
+        let index = {
+            let mut pool = self.indices.lock();
+            if pool.nfree > 0 {
+                pool.nfree -= 1;
+                pool.free[pool.nfree]
+            } else if pool.next <= MAX_INDEX && self.owner_stacks.reserve() {
+                pool.next += 1;
+                pool.next - 1
+            } else {
+                0
+            }
+        };
+        // A notice that reached the index's last cache after it was gone
+        // is for a span the mcentral has now.
+        self.forward_notices(index);
+        index
+    }
+
+    /// Passes the spans on the notify stack of an index no cache uses to
+    /// their mcentrals.
+    fn forward_notices(&self, index: u32) {
+        if index == 0 || self.owner_stacks.get(index).is_empty() {
+            return;
+        }
+        let mut at = self.owner_stacks.get(index).take_all();
+        // SAFETY: notified spans are live until their notice is handled.
+        while let Some(span) = unsafe { at.as_ref() } {
+            at = span.next_notified();
+            self.central[span.class as usize].notify(self, span);
+        }
+    }
+
+    /// Forwards the notices that reached caches after they were gone (a
+    /// freer that saw the span owned, and pushed after the cache's last
+    /// look). Runs at scavenger ticks, on `release`, and before an audit.
+    pub(crate) fn forward_idle_notices(&self) {
+        let mut idle = [0u32; 1024];
+        let n = {
+            let pool = self.indices.lock();
+            idle[..pool.nfree].copy_from_slice(&pool.free[..pool.nfree]);
+            pool.nfree
+        };
+        for &index in &idle[..n] {
+            self.forward_notices(index);
+        }
+    }
+
+    /// The notify stack of the mcache with index `index` (not 0).
+    pub(crate) fn owner_stack(&self, index: u32) -> &NotifyStack {
+        self.owner_stacks.get(index)
+    }
+
+    /// Passes on a span a freer set `NOTIFIED`: to its owning mcache, or to
+    /// its mcentral.
+    pub(crate) fn notify(&self, span: &Span, wake: Wake) {
+        match wake {
+            Wake::None => {}
+            Wake::Central => self.central[span.class as usize].notify(self, span),
+            Wake::Owner(index) => self.owner_stacks.get(index).push(span),
+        }
+    }
+
+    /// Gives back a cache's index (after its spans were flushed).
+    pub(crate) fn give_index(&self, index: u32) {
+        if index == 0 {
+            return;
+        }
+        let mut pool = self.indices.lock();
+        if pool.nfree < pool.free.len() {
+            let n = pool.nfree;
+            pool.free[n] = index;
+            pool.nfree += 1;
+        }
+        // Otherwise the index is not reused: the pool shrinks by one.
     }
 
     /// Adds a dropped cache's counters to the heap's.
@@ -248,6 +407,7 @@ impl Heap {
         {
             let _ = stats;
             core.mode = Mode::ThreadActive;
+            core.index = self.take_index();
         }
     }
 
@@ -260,6 +420,7 @@ impl Heap {
         }
         f(self.mheap.lock_for_fork());
         f(self.registry.raw());
+        f(self.indices.raw());
     }
 }
 
@@ -275,6 +436,8 @@ impl Drop for Heap {
         // in an mcentral or the fallback cache; the mheap unmaps it all.
         let heap: &Heap = self;
         heap.fallback.lock().flush(heap);
+        #[cfg(not(loom))]
+        heap.owner_stacks.unmap();
     }
 }
 

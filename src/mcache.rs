@@ -40,7 +40,8 @@ use core::ptr;
 
 use crate::heap::Heap;
 use crate::mheap::TICK_MS;
-use crate::mspan::Span;
+use crate::mspan::{CENTRAL, ListId, Span};
+use crate::sync::atomic::Ordering;
 use crate::os;
 use crate::report;
 use crate::sizeclass::{CLASSES, MAX_SMALL, NUM_CLASSES, class_of, small_class};
@@ -114,6 +115,24 @@ struct Deferred {
 
 const NO_DEFERRED: Deferred = Deferred { span: ptr::null_mut(), word: 0, mask: 0 };
 
+/// What a cache holds for a class besides its current span (slow paths only).
+#[derive(Clone, Copy)]
+struct Spare {
+    /// Frees into a span the cache does not own, not yet landed.
+    deferred: Deferred,
+    /// Every span of the class the cache owns but the current one, linked
+    /// through `Owned::prev` / `next`.
+    owned: *mut Span,
+    /// Those of them with free objects, oldest first, linked through
+    /// `Owned::next_free`: the longer a span waits, the more frees it
+    /// gathers, so a refill from the oldest lasts longest.
+    free: *mut Span,
+    free_tail: *mut Span,
+}
+
+const NO_SPARE: Spare =
+    Spare { deferred: NO_DEFERRED, owned: ptr::null_mut(), free: ptr::null_mut(), free_tail: ptr::null_mut() };
+
 /// What a cache is, for the slow paths.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(loom, allow(dead_code))]
@@ -133,10 +152,19 @@ pub(crate) enum Mode {
 /// other threads can read them while the owner holds `&mut CacheCore`.
 pub(crate) struct CacheCore {
     classes: [ClassCache; NUM_CLASSES],
-    deferred: [Deferred; NUM_CLASSES],
+    spare: [Spare; NUM_CLASSES],
     pub(crate) mode: Mode,
+    /// This cache's index in span states (see `mspan`); 0 when it has none,
+    /// and then it owns only its current spans.
+    pub(crate) index: u32,
     /// When the cache next gives back its idle spans (`os::now_ms`).
     next_trim: u64,
+    /// Pages of the spans the cache owns (published in `CacheStats`).
+    owned_pages: usize,
+    /// Slow-path frees since the last look at the clock.
+    slow_frees: u32,
+    /// Counts calls of `maybe_trim`.
+    clock_skip: u32,
 }
 
 // SAFETY: a cache owns the spans it points at; moving it to another thread
@@ -154,6 +182,8 @@ pub(crate) struct ClassCounters {
 /// Per-class allocation counters of one cache, readable from any thread.
 pub(crate) struct CacheStats {
     pub(crate) classes: [ClassCounters; NUM_CLASSES],
+    /// Pages of the spans the cache owns, as of its last slow path.
+    pub(crate) owned_pages: Counter,
     /// Links in the heap's registry of thread caches (under its lock).
     pub(crate) links: core::cell::UnsafeCell<(*const CacheStats, *const CacheStats)>,
 }
@@ -167,6 +197,7 @@ impl CacheStats {
     pub(crate) const fn new() -> Self {
         CacheStats {
             classes: [const { ClassCounters { mallocs: Counter::new(), frees: Counter::new() } }; NUM_CLASSES],
+            owned_pages: Counter::new(),
             links: core::cell::UnsafeCell::new((ptr::null(), ptr::null())),
         }
     }
@@ -180,7 +211,16 @@ impl CacheCore {
             classes[c] = ClassCache::new(c);
             c += 1;
         }
-        CacheCore { classes, deferred: [NO_DEFERRED; NUM_CLASSES], mode, next_trim: os::FIRST_DEADLINE }
+        CacheCore {
+            classes,
+            spare: [NO_SPARE; NUM_CLASSES],
+            mode,
+            index: 0,
+            next_trim: os::FIRST_DEADLINE,
+            owned_pages: 0,
+            slow_frees: 0,
+            clock_skip: 0,
+        }
     }
 
     // -----------------------------------------------------------------------
@@ -330,10 +370,26 @@ impl CacheCore {
 
     /// Gives every span and deferred free back to the heap.
     pub(crate) fn flush(&mut self, heap: &Heap) {
+        self.take_notices(heap);
         for class in 1..NUM_CLASSES {
-            self.release_span(heap, class);
+            self.release_current(heap, class);
+            let spare = &mut self.spare[class];
+            let owned = core::mem::replace(&mut spare.owned, ptr::null_mut());
+            spare.free = ptr::null_mut();
+            spare.free_tail = ptr::null_mut();
+            if !owned.is_null() {
+                let mut at = owned;
+                // SAFETY: listed spans are live and ours.
+                while let Some(span) = unsafe { at.as_ref() } {
+                    self.owned_pages -= span.npages;
+                    at = span.with_owned(|o, _| o.next);
+                }
+                heap.central[class].uncache_list(heap, owned);
+            }
             self.land_deferred(heap, class);
         }
+        // Notices that came meanwhile are for spans the mcentral now has.
+        self.take_notices(heap);
     }
 
     // -----------------------------------------------------------------------
@@ -351,13 +407,10 @@ impl CacheCore {
                 return heap.fallback_alloc(info.size as usize, info.align as usize);
             }
         }
-        let now = os::now_ms();
-        if now >= self.next_trim {
-            self.next_trim = now + TICK_MS;
-            self.trim(heap, class);
-        }
-        heap.maybe_tick(now);
-        if !self.refill(heap, class) {
+        self.maybe_trim(heap, class);
+        let refilled = self.refill(heap, class);
+        stats.owned_pages.set(self.owned_pages as u64);
+        if !refilled {
             return ptr::null_mut();
         }
         let e = &mut self.classes[class];
@@ -367,14 +420,52 @@ impl CacheCore {
         (e.base + m.trailing_zeros() as usize * e.size) as *mut u8
     }
 
+    /// Runs [`CacheCore::trim`] and the heap's scavenger tick when due (it
+    /// reads the clock every 16th call).
+    fn maybe_trim(&mut self, heap: &Heap, keep: usize) {
+        self.clock_skip = self.clock_skip.wrapping_add(1);
+        if self.clock_skip % 16 != 1 {
+            return;
+        }
+        let now = os::now_ms();
+        if now >= self.next_trim {
+            self.next_trim = now + TICK_MS;
+            self.trim(heap, keep);
+        }
+        heap.maybe_tick(now);
+    }
+
     /// Gives back, at most once per scavenger tick, what the cache holds
-    /// for nothing: spans whose objects are all free (except `keep`'s), and
-    /// deferred frees. So a thread that freed a peak lets the heap return
-    /// it to the OS, while a busy thread keeps the spans it uses.
+    /// for nothing: all but one of each class's spans whose objects are all
+    /// free (and the current span, if all free, except for class `keep`),
+    /// and deferred frees. So a thread that freed a peak lets the heap
+    /// return it to the OS, while a busy thread keeps the spans it uses.
     #[cold]
     fn trim(&mut self, heap: &Heap, keep: usize) {
+        self.take_notices(heap);
         for class in 1..NUM_CLASSES {
             self.land_deferred(heap, class);
+            // Rebuild the queue of spans with free objects as we go.
+            self.spare[class].free = ptr::null_mut();
+            self.spare[class].free_tail = ptr::null_mut();
+            let mut kept_empty = false;
+            let mut at = self.spare[class].owned;
+            // SAFETY: listed spans are live and ours.
+            while let Some(span) = unsafe { at.as_ref() } {
+                at = span.with_owned(|o, _| o.next);
+                span.collect();
+                let nfree = span.with_owned(|o, _| o.nfree);
+                if nfree == span.nelems && kept_empty {
+                    self.unlink_owned(class, span);
+                    self.uncache(heap, class, span);
+                    continue;
+                }
+                kept_empty |= nfree == span.nelems;
+                span.with_owned(|o, _| o.has_free = false);
+                if nfree > 0 {
+                    self.push_free(class, span);
+                }
+            }
             let e = &self.classes[class];
             // SAFETY: a cached span is live and ours.
             let Some(span) = (unsafe { e.span.as_ref() }) else {
@@ -386,48 +477,71 @@ impl CacheCore {
             span.collect();
             let free = span.with_owned(|o, _| o.nfree) + e.window_mask().count_ones();
             if free == span.nelems {
-                self.release_span(heap, class);
+                self.release_current(heap, class);
             }
         }
     }
 
-    /// Makes the window of `class` non-empty. Returns false when the heap
-    /// is out of memory.
+    /// Makes the window of `class` non-empty: the next bitmap word of the
+    /// current span; the span's remote frees; another span the cache owns
+    /// with free objects; a span from the mcentral (or a fresh one from the
+    /// mheap). Returns false when the heap is out of memory.
     fn refill(&mut self, heap: &Heap, class: usize) -> bool {
-        let span = self.classes[class].span;
-        // SAFETY: a cached span is live and ours.
-        if let Some(s) = unsafe { span.as_ref() } {
-            let next = self.classes[class].window + 1;
-            if self.load_window(class, s, next) {
+        loop {
+            let current = self.classes[class].span;
+            // SAFETY: a cached span is live and ours.
+            if let Some(span) = unsafe { current.as_ref() } {
+                let next = self.classes[class].window + 1;
+                if self.load_window(class, span, next) {
+                    return true;
+                }
+                if span.collect() > 0 {
+                    continue;
+                }
+                // Exhausted: keep it aside (a free into it, ours or a
+                // remote one we are told of, brings it back), or give it to
+                // the mcentral if we have no index to be told by.
+                self.classes[class].clear();
+                if self.index == 0 {
+                    self.uncache(heap, class, span);
+                } else {
+                    self.link_owned(class, span);
+                }
+            }
+            self.take_notices(heap);
+            let next = match self.pop_free(class) {
+                Some(span) => {
+                    self.unlink_owned(class, span);
+                    span as *const Span as *mut Span
+                }
+                None => {
+                    // Land our own deferred frees first: they may make a
+                    // span of the mcentral reusable.
+                    self.land_deferred(heap, class);
+                    let span = heap.central[class].cache_span(heap, class, self.index);
+                    if span.is_null() {
+                        return false;
+                    }
+                    // SAFETY: a live span, ours now.
+                    self.owned_pages += unsafe { (*span).npages };
+                    span
+                }
+            };
+            self.classes[class].span = next;
+            // SAFETY: the span is live and ours.
+            let span = unsafe { &*next };
+            span.collect();
+            if self.load_window(class, span, 0) {
                 return true;
             }
-            if s.collect() > 0 && self.load_window(class, s, next) {
-                return true;
-            }
-            self.release_span(heap, class);
+            // A span we were told of whose frees we had merged already:
+            // round again (it goes back aside).
         }
-        // Land our own deferred frees first: they may make a span reusable.
-        self.land_deferred(heap, class);
-        let span = heap.central[class].cache_span(heap, class);
-        // SAFETY: the mcentral (or mheap) hands us a live span we now own.
-        let Some(s) = (unsafe { span.as_ref() }) else {
-            return false;
-        };
-        self.classes[class].span = span;
-        s.collect();
-        if self.load_window(class, s, 0) {
-            return true;
-        }
-        // The mcentral only hands out spans with a free object.
-        debug_assert!(false, "span from the mcentral has no free object");
-        self.release_span(heap, class);
-        false
     }
 
     /// Loads the first bitmap word with free objects, at or after `from`.
     fn load_window(&mut self, class: usize, span: &Span, from: usize) -> bool {
-        let words = span.used_words();
-        let Some((w, bits)) = span.take_word(from % words) else {
+        let Some((w, bits)) = span.take_word(from) else {
             return false;
         };
         let e = &mut self.classes[class];
@@ -441,8 +555,8 @@ impl CacheCore {
         true
     }
 
-    /// Gives the cached span of `class` back to its mcentral.
-    fn release_span(&mut self, heap: &Heap, class: usize) {
+    /// Gives the current span of `class` back to its mcentral.
+    fn release_current(&mut self, heap: &Heap, class: usize) {
         let e = &mut self.classes[class];
         // SAFETY: a cached span is live and ours.
         let Some(span) = (unsafe { e.span.as_ref() }) else {
@@ -456,7 +570,117 @@ impl CacheCore {
             }
         }
         e.clear();
+        self.uncache(heap, class, span);
+    }
+
+    /// Gives a span the cache owns to its mcentral.
+    fn uncache(&mut self, heap: &Heap, class: usize, span: &Span) {
+        self.owned_pages -= span.npages;
         heap.central[class].uncache_span(heap, span);
+    }
+
+    // The spans of a class the cache owns besides the current one: a list of
+    // them all, and a stack of those with free objects.
+
+    fn link_owned(&mut self, class: usize, span: &Span) {
+        let head = self.spare[class].owned;
+        span.with_owned(|o, _| {
+            o.prev = ptr::null_mut();
+            o.next = head;
+            o.list = ListId::Cache;
+            o.has_free = false;
+        });
+        // SAFETY: listed spans are live and ours.
+        if let Some(h) = unsafe { head.as_ref() } {
+            h.with_owned(|o, _| o.prev = span as *const Span as *mut Span);
+        }
+        self.spare[class].owned = span as *const Span as *mut Span;
+    }
+
+    /// Takes `span` off the owned list (it may still be on the free stack:
+    /// callers either pop it from there or rebuild the stack).
+    fn unlink_owned(&mut self, class: usize, span: &Span) {
+        let (prev, next) = span.with_owned(|o, _| {
+            let links = (o.prev, o.next);
+            o.prev = ptr::null_mut();
+            o.next = ptr::null_mut();
+            o.list = ListId::None;
+            links
+        });
+        // SAFETY: listed spans are live and ours.
+        match unsafe { prev.as_ref() } {
+            Some(p) => p.with_owned(|o, _| o.next = next),
+            None => self.spare[class].owned = next,
+        }
+        if let Some(n) = unsafe { next.as_ref() } {
+            n.with_owned(|o, _| o.prev = prev);
+        }
+    }
+
+    /// Puts an owned span at the end of the queue of those with free
+    /// objects (once).
+    fn push_free(&mut self, class: usize, span: &Span) {
+        let queued = span.with_owned(|o, _| {
+            if o.has_free {
+                return false;
+            }
+            o.has_free = true;
+            o.next_free = ptr::null_mut();
+            true
+        });
+        if !queued {
+            return;
+        }
+        let me = span as *const Span as *mut Span;
+        let spare = &mut self.spare[class];
+        // SAFETY: queued spans are live and ours.
+        match unsafe { spare.free_tail.as_ref() } {
+            Some(tail) => tail.with_owned(|o, _| o.next_free = me),
+            None => spare.free = me,
+        }
+        spare.free_tail = me;
+    }
+
+    fn pop_free(&mut self, class: usize) -> Option<&'static Span> {
+        let spare = &mut self.spare[class];
+        // SAFETY: queued spans are live and ours.
+        let span = unsafe { spare.free.as_ref() }?;
+        spare.free = span.with_owned(|o, _| {
+            o.has_free = false;
+            o.next_free
+        });
+        if spare.free.is_null() {
+            spare.free_tail = ptr::null_mut();
+        }
+        Some(span)
+    }
+
+    /// Takes the spans freers told us have free objects off our notify
+    /// stack. A span we gave away meanwhile goes on to its mcentral.
+    fn take_notices(&mut self, heap: &Heap) {
+        if self.index == 0 {
+            return;
+        }
+        let stack = heap.owner_stack(self.index);
+        if stack.is_empty() {
+            return;
+        }
+        let mut at = stack.take_all();
+        // SAFETY: notified spans are live (NOTIFIED keeps them from being
+        // retired until their notice is handled).
+        while let Some(span) = unsafe { at.as_ref() } {
+            at = span.next_notified();
+            let state = span.state.load(Ordering::Acquire);
+            if !Span::owned_by_cache(state, self.index) {
+                heap.central[span.class as usize].notify(heap, span);
+                continue;
+            }
+            span.clear_notified();
+            let class = span.class as usize;
+            if !ptr::eq(span, self.classes[class].span) {
+                self.push_free(class, span);
+            }
+        }
     }
 
     /// The free of `addr` when the fast path could not take it.
@@ -478,22 +702,51 @@ impl CacheCore {
             report::interior_free(addr, span.elem_size as usize);
         };
         let (w, bit) = (idx / 64, 1u64 << (idx % 64));
-        let e = &mut self.classes[class];
-        if ptr::eq(span, e.span) {
-            // Our span. In the window, the fast path only refuses a free
-            // object; elsewhere the bitmap tells.
-            if w == e.window || span.give_back(w, bit) != 0 {
+        stats.classes[class].frees.bump(1);
+        if ptr::eq(span, self.classes[class].span) {
+            // Our current span. In the window, the fast path only refuses a
+            // free object; elsewhere the bitmap tells.
+            if w == self.classes[class].window || span.give_back(w, bit) != 0 {
                 report::double_free(addr, span.elem_size as usize);
             }
+            return;
+        }
+        let state = span.state.load(Ordering::Relaxed);
+        if Span::owned_by_cache(state, self.index) {
+            // One of our other spans: no atomics.
+            if span.give_back(w, bit) != 0 {
+                report::double_free(addr, span.elem_size as usize);
+            }
+            self.push_free(class, span);
+        } else if self.index != 0 && state & CENTRAL != 0 && heap.central[class].adopt(heap, span, self.index) {
+            // A span nobody holds (its thread exited, say): take it, so our
+            // next frees into it are local and its objects serve us.
+            self.owned_pages += span.npages;
+            if span.give_back(w, bit) != 0 {
+                report::double_free(addr, span.elem_size as usize);
+            }
+            self.link_owned(class, span);
+            self.push_free(class, span);
         } else {
             self.defer_free(heap, class, span, w, bit);
         }
-        stats.classes[class].frees.bump(1);
+        // A thread that frees much and allocates little still trims.
+        self.slow_frees += 1;
+        if self.slow_frees >= 16 {
+            self.slow_frees = 0;
+            self.maybe_trim(heap, 0);
+            self.publish(stats);
+        }
+    }
+
+    /// Publishes the pages the cache owns, for `stats()`.
+    pub(crate) fn publish(&self, stats: &CacheStats) {
+        stats.owned_pages.set(self.owned_pages as u64);
     }
 
     /// Collects a free into a span we do not own.
     fn defer_free(&mut self, heap: &Heap, class: usize, span: &Span, word: usize, bit: u64) {
-        let d = &mut self.deferred[class];
+        let d = &mut self.spare[class].deferred;
         if ptr::eq(d.span, span) && d.word == word {
             if d.mask & bit != 0 {
                 report::double_free(span.object_addr(word * 64 + bit.trailing_zeros() as usize), span.elem_size as usize);
@@ -502,17 +755,16 @@ impl CacheCore {
             return;
         }
         self.land_deferred(heap, class);
-        self.deferred[class] = Deferred { span: span as *const Span as *mut Span, word, mask: bit };
+        self.spare[class].deferred = Deferred { span: span as *const Span as *mut Span, word, mask: bit };
     }
 
     /// Lands the deferred frees of `class` in their span.
     fn land_deferred(&mut self, heap: &Heap, class: usize) {
-        let d = core::mem::replace(&mut self.deferred[class], NO_DEFERRED);
+        let d = core::mem::replace(&mut self.spare[class].deferred, NO_DEFERRED);
         // SAFETY: the span cannot be retired while our frees are not landed.
         if let Some(span) = unsafe { d.span.as_ref() } {
-            if span.free_remote(d.word, d.mask) {
-                heap.central[class].notify(heap, span);
-            }
+            let wake = span.free_remote(d.word, d.mask);
+            heap.notify(span, wake);
         }
     }
 }
@@ -544,6 +796,17 @@ unsafe impl Send for MCache<'_> {}
 impl<'h> MCache<'h> {
     /// A new, empty cache for `heap`.
     pub fn new(heap: &'h Heap) -> Self {
+        let mut core = CacheCore::new(Mode::Explicit);
+        core.index = heap.take_index();
+        MCache { core, stats: CacheStats::new(), heap }
+    }
+
+    /// A cache without an index: it owns only its current spans, and frees
+    /// into other spans always go to them as remote frees. This is how a
+    /// cache works when every index is taken (and how the fallback cache of
+    /// exited threads works); tests and models use it to reach those paths.
+    #[doc(hidden)]
+    pub fn without_index(heap: &'h Heap) -> Self {
         MCache { core: CacheCore::new(Mode::Explicit), stats: CacheStats::new(), heap }
     }
 
@@ -581,6 +844,7 @@ impl<'h> MCache<'h> {
     /// Gives every cached span and deferred free back to the heap now.
     pub fn flush(&mut self) {
         self.core.flush(self.heap);
+        self.core.publish(&self.stats);
     }
 
     /// The heap this cache allocates from.
@@ -592,6 +856,8 @@ impl<'h> MCache<'h> {
 impl Drop for MCache<'_> {
     fn drop(&mut self) {
         self.core.flush(self.heap);
+        self.core.publish(&self.stats);
+        self.heap.give_index(self.core.index);
         self.heap.absorb_stats(&self.stats);
     }
 }

@@ -25,9 +25,9 @@
 use core::ptr;
 
 use crate::heap::Heap;
-use crate::mspan::{self, CENTRAL, ListId, NOTIFIED, Span};
+use crate::mspan::{self, CENTRAL, ListId, NOTIFIED, NotifyStack, Span};
 use crate::sizeclass::CLASSES;
-use crate::sync::atomic::{AtomicPtr, Ordering};
+use crate::sync::atomic::Ordering;
 use crate::sync::{Mutex, const_fn_unless_loom};
 
 /// Empty spans an mcentral keeps for reuse between ticks: enough for
@@ -46,9 +46,8 @@ fn empty_budget(_class: usize) -> usize {
 /// One size class's central span lists.
 pub(crate) struct MCentral {
     lists: Mutex<Lists>,
-    /// Spans queued by freers (see [`crate::mspan`]), linked through
-    /// `Span::notify_next`.
-    notify: AtomicPtr<Span>,
+    /// Spans queued by freers (see [`crate::mspan`]).
+    notify: NotifyStack,
 }
 
 /// The lists, under the lock.
@@ -123,15 +122,14 @@ impl MCentral {
         pub(crate) fn new() -> MCentral {
             MCentral {
                 lists: Mutex::new(Lists { partial: SpanList::new(), empty: SpanList::new(), nfull: 0 }),
-                notify: AtomicPtr::new(ptr::null_mut()),
+                notify: NotifyStack::new(),
             }
         }
     }
 
-    /// A span with free objects for an mcache, which owns it from now on.
-    /// Null when the heap is out of memory.
-    pub(crate) fn cache_span(&self, heap: &Heap, class: usize) -> *mut Span {
-        let pages = CLASSES[class].pages as u64;
+    /// A span with free objects for the mcache with index `owner`, which
+    /// owns it from now on. Null when the heap is out of memory.
+    pub(crate) fn cache_span(&self, heap: &Heap, class: usize, owner: u32) -> *mut Span {
         #[cfg(spanalloc_mutant = "refill_toctou")]
         {
             // Mutant: look at the partial list and take from it in two
@@ -146,8 +144,7 @@ impl MCentral {
                 if span.with_owned(|o, _| o.list) == ListId::Partial {
                     lists.partial.remove(span);
                 }
-                span.claim_for_cache();
-                heap.mheap.counters.cached_pages.add_shared(pages);
+                span.claim_for_cache(owner);
                 return peek;
             }
         }
@@ -156,41 +153,65 @@ impl MCentral {
             self.drain(&mut lists, heap);
             let found = lists.partial.pop().or_else(|| lists.empty.pop());
             if let Some(span) = found {
-                span.claim_for_cache();
-                heap.mheap.counters.cached_pages.add_shared(pages);
+                span.claim_for_cache(owner);
                 return span as *const Span as *mut Span;
             }
         }
-        let span = heap.mheap.alloc_span(class);
-        if !span.is_null() {
-            heap.mheap.counters.cached_pages.add_shared(pages);
-        }
-        span
+        heap.mheap.alloc_span(class, owner)
     }
 
     /// Takes back a span from an mcache (which has returned its window to
     /// the span's bitmap).
     pub(crate) fn uncache_span(&self, heap: &Heap, span: &Span) {
-        heap.mheap.counters.cached_pages.sub_shared(span.npages as u64);
         let mut lists = self.lists.lock();
         let state = span.publish_central();
         let dest = classify(span, state);
         self.place(&mut lists, heap, span, dest);
     }
 
-    /// Queues `span` after a freer set its `NOTIFIED` bit, then drains.
-    pub(crate) fn notify(&self, heap: &Heap, span: &Span) {
-        let me = span as *const Span as *mut Span;
-        let mut head = self.notify.load(Ordering::Relaxed);
-        loop {
-            // SAFETY: NOTIFIED makes us the only writer of the link until the
-            // drain pops the span, which happens after our push.
-            span.notify_next.with_mut(|p| unsafe { *p = head });
-            match self.notify.compare_exchange_weak(head, me, Ordering::Release, Ordering::Relaxed) {
-                Ok(_) => break,
-                Err(x) => head = x,
-            }
+    /// Takes back a list of spans from an mcache (linked through
+    /// `Owned::next`), under one hold of the lock.
+    pub(crate) fn uncache_list(&self, heap: &Heap, first: *mut Span) {
+        let mut lists = self.lists.lock();
+        let mut at = first;
+        // SAFETY: the listed spans are live and the mcache's until published.
+        while let Some(span) = unsafe { at.as_ref() } {
+            at = span.with_owned(|o, _| {
+                let next = o.next;
+                o.prev = ptr::null_mut();
+                o.next = ptr::null_mut();
+                o.list = ListId::None;
+                o.has_free = false;
+                next
+            });
+            let state = span.publish_central();
+            let dest = classify(span, state);
+            self.place(&mut lists, heap, span, dest);
         }
+    }
+
+    /// An mcache that frees into a span the mcentral owns takes the span
+    /// (its frees into it are then local, with no atomics). Fails if the
+    /// span is not the mcentral's any more, or has no object to free.
+    pub(crate) fn adopt(&self, heap: &Heap, span: &Span, owner: u32) -> bool {
+        let mut lists = self.lists.lock();
+        self.drain(&mut lists, heap);
+        if span.state.load(Ordering::Acquire) & CENTRAL == 0 {
+            return false;
+        }
+        let list = span.with_owned(|o, _| o.list);
+        if list == ListId::Empty {
+            return false;
+        }
+        self.unlink(&mut lists, span, list);
+        span.claim_for_cache(owner);
+        true
+    }
+
+    /// Queues `span` after a freer set its `NOTIFIED` bit (or an mcache
+    /// forwards one it does not own), then drains.
+    pub(crate) fn notify(&self, heap: &Heap, span: &Span) {
+        self.notify.push(span);
         let mut lists = self.lists.lock();
         self.drain(&mut lists, heap);
     }
@@ -237,11 +258,11 @@ impl MCentral {
 
     /// Handles every queued span. Caller holds the lock.
     fn drain(&self, lists: &mut Lists, heap: &Heap) {
-        let mut next = self.notify.swap(ptr::null_mut(), Ordering::Acquire);
+        let mut next = self.notify.take_all();
         // SAFETY: queued spans are live records (NOTIFIED keeps them from
         // being retired until this drain has looked at them).
         while let Some(span) = unsafe { next.as_ref() } {
-            next = span.notify_next.with(|p| unsafe { *p });
+            next = span.next_notified();
             self.reevaluate(lists, heap, span);
         }
     }
@@ -277,6 +298,7 @@ impl MCentral {
                 span.with_owned(|o, _| o.list = ListId::None);
             }
             ListId::None => {}
+            ListId::Cache => debug_assert!(false, "an mcache's listed span in the mcentral"),
         }
     }
 
@@ -296,7 +318,7 @@ impl MCentral {
                     lists.empty.push(span, ListId::Empty);
                 }
             }
-            ListId::None => {}
+            ListId::None | ListId::Cache => debug_assert!(false, "no destination for a span"),
         }
     }
 

@@ -66,8 +66,6 @@ pub(crate) struct HeapCounters {
     pub(crate) large_bytes: Counter,
     /// Pages in small spans.
     pub(crate) small_pages: Counter,
-    /// Pages in small spans held by mcaches.
-    pub(crate) cached_pages: Counter,
     /// Pages the arenas have grown into, plus huge reservations.
     pub(crate) sys_pages: Counter,
     /// Free pages in arenas.
@@ -188,7 +186,6 @@ impl MHeap {
                     large_frees: Counter::new(),
                     large_bytes: Counter::new(),
                     small_pages: Counter::new(),
-                    cached_pages: Counter::new(),
                     sys_pages: Counter::new(),
                     free_pages: Counter::new(),
                     released_pages: Counter::new(),
@@ -211,9 +208,9 @@ impl MHeap {
         }
     }
 
-    /// A fresh span of `class`, every object free, owned by the caller.
-    /// Null when the kernel gives no more memory.
-    pub(crate) fn alloc_span(&self, class: usize) -> *mut Span {
+    /// A fresh span of `class`, every object free, owned by the mcache with
+    /// index `owner`. Null when the kernel gives no more memory.
+    pub(crate) fn alloc_span(&self, class: usize, owner: u32) -> *mut Span {
         let info = CLASSES[class];
         let n = info.pages as usize;
         let bucket = bucket_for(info.nelems.div_ceil(64) as usize);
@@ -228,7 +225,7 @@ impl MHeap {
         };
         // SAFETY: the run's arena is live; the record is ours alone.
         let meta = unsafe { &*run.meta };
-        unsafe { (*span).init_small(meta.page_addr(run.page), class) };
+        unsafe { (*span).init_small(meta.page_addr(run.page), class, owner) };
         meta.set_spans(run.page, n, span);
         self.counters.small_pages.add_shared(n as u64);
         span

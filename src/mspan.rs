@@ -11,10 +11,10 @@
 //! - **Identity** (`base`, `class`, `nelems`, ...) is written by the mheap
 //!   while it alone holds the span and read by anyone holding a pointer into
 //!   it.
-//! - **The owner view** (`owned`: the free bitmap, the mcentral list links)
-//!   belongs to the span's single owner: the mcache that caches it, or its
-//!   mcentral under the mcentral's lock (invariant 1). A bit set in
-//!   `free_bits` is a free object.
+//! - **The owner view** (`owned`: the free bitmap, the list links) belongs
+//!   to the span's single owner: the mcache that holds it, or its mcentral
+//!   under the mcentral's lock (invariant 1). A bit set in `free_bits` is a
+//!   free object.
 //! - **The shared part** (`state`, `remote_bits`) is where frees from
 //!   anyone but the owner land, lock-free.
 //!
@@ -34,20 +34,33 @@
 //! |-------|------------|---------|
 //! | 0     | `CENTRAL`  | the mcentral owns the span (no mcache does) |
 //! | 1     | `FULL`     | ... and it sits on no list: no free object at hand-over |
-//! | 2     | `NOTIFIED` | a freer has queued the span for its mcentral to look at |
-//! | 8-23  | `nalloc`   | objects allocated when the mcentral took the span |
+//! | 2     | `NOTIFIED` | a freer has queued the span on a notify stack |
+//! | 4-20  | `owner`    | the index of the mcache that owns the span (0: none) |
+//! | 21-31 | `nalloc`   | objects allocated when the mcentral took the span |
 //! | 32-63 | `pending`  | remote frees counted and not yet merged (signed) |
 //!
-//! While the mcentral owns a span nobody allocates from it, so a freer's
-//! CAS sees the whole story: when `pending` rises above zero on a `FULL`
-//! span, the span has become reusable; when `pending` reaches `nalloc`,
-//! every object is free. In either case the freer sets `NOTIFIED` and
-//! pushes the span on its mcentral's notify stack; the mcentral moves it
-//! (to the partial list, or the empty list and on to the mheap) under its
-//! lock. `NOTIFIED` is cleared only by that drain, so a span is on the
-//! stack at most once, and a span is given back to the mheap only when it
-//! is not `NOTIFIED` and `pending == nalloc`: then no freer can still be
-//! touching it.
+//! A freer's CAS sees the whole story and decides who must hear of it:
+//!
+//! - **An mcache owns the span.** The owner merges remote frees when the
+//!   span is its current one, but it also keeps spans with no free object
+//!   aside. So when `pending` rises above zero, the freer sets `NOTIFIED`
+//!   and pushes the span on the owner's notify stack (in the [`Heap`]'s
+//!   table, by index); the owner pops it on its next refill and puts it
+//!   back among its spans with free objects.
+//! - **The mcentral owns the span.** Nobody allocates from it, so when
+//!   `pending` rises above zero on a `FULL` span the span has become
+//!   reusable, and when `pending` reaches `nalloc` every object is free. In
+//!   either case the freer sets `NOTIFIED` and pushes the span on its
+//!   mcentral's notify stack; the mcentral moves it (to the partial list, or
+//!   the empty list and on to the mheap) under its lock.
+//!
+//! `NOTIFIED` is cleared only by whoever pops the span, so a span is on at
+//! most one stack at a time; a stack holder that finds a span it does not
+//! own forwards it to the mcentral. A span is given back to the mheap only
+//! when it is the mcentral's, not `NOTIFIED`, and `pending == nalloc`: then
+//! no freer can still be touching it.
+//!
+//! [`Heap`]: crate::Heap
 //!
 //! `pending` may dip below zero: the owner merges every bit it finds, and a
 //! freer whose bits were merged may not have counted them yet. Such a freer
@@ -58,8 +71,8 @@ use core::ptr;
 
 use crate::report;
 use crate::sizeclass::CLASSES;
-use crate::sync::UnsafeCell;
-use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use crate::sync::{UnsafeCell, const_fn_unless_loom};
 
 /// What a span is used for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,11 +86,13 @@ pub(crate) enum SpanKind {
     Large = 2,
 }
 
-/// Which mcentral list a span is on (meaningful while the mcentral owns it).
+/// Which list a span is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ListId {
-    /// Not on an mcentral list (owned by an mcache, or by the mheap).
+    /// On no list: an mcache's current span, a floating span, or the mheap's.
     None,
+    /// On its owning mcache's list of spans (all but its current ones).
+    Cache,
     /// Has free objects.
     Partial,
     /// Every object is free.
@@ -93,20 +108,47 @@ pub(crate) struct Owned {
     /// Free objects in `free_bits` (the owner's own count; an mcache's
     /// current window is held outside the bitmap and not counted here).
     pub(crate) nfree: u32,
-    /// mcentral list links (also the mheap's span-pool link).
+    /// List links: the mcentral's lists, an mcache's list of the spans it
+    /// owns, the mheap's span pool.
     pub(crate) prev: *mut Span,
     pub(crate) next: *mut Span,
     pub(crate) list: ListId,
-    /// Empty since the last scavenger tick (see `mcentral`).
-    pub(crate) aged: bool,
+    /// An mcache's stack of its spans with free objects.
+    pub(crate) next_free: *mut Span,
+    /// On that stack.
+    pub(crate) has_free: bool,
 }
 
 pub(crate) const CENTRAL: u64 = 1;
 pub(crate) const FULL: u64 = 2;
 pub(crate) const NOTIFIED: u64 = 4;
-const NALLOC_SHIFT: u32 = 8;
-const NALLOC_MASK: u64 = 0xffff << NALLOC_SHIFT;
+const OWNER_SHIFT: u32 = 4;
+const OWNER_MASK: u64 = (MAX_OWNER as u64) << OWNER_SHIFT;
+const NALLOC_SHIFT: u32 = 21;
+const NALLOC_MASK: u64 = 0x7ff << NALLOC_SHIFT;
 const PENDING_SHIFT: u32 = 32;
+/// The largest mcache index a span state can name (0 names none).
+pub(crate) const MAX_OWNER: u32 = (1 << 17) - 1;
+
+static_assertions::const_assert!(crate::sizeclass::MAX_NELEMS < 0x7ff);
+static_assertions::const_assert_eq!(OWNER_MASK & NALLOC_MASK, 0);
+
+/// The mcache index in a state word.
+#[inline]
+pub(crate) fn owner(state: u64) -> u32 {
+    ((state & OWNER_MASK) >> OWNER_SHIFT) as u32
+}
+
+#[inline]
+fn with_owner(state: u64, owner: u32) -> u64 {
+    (state & !OWNER_MASK) | ((owner as u64) << OWNER_SHIFT)
+}
+
+/// The state of a span owned by mcache `owner` (no flags, nothing pending).
+#[inline]
+pub(crate) fn owned_by(owner: u32) -> u64 {
+    with_owner(0, owner)
+}
 
 /// Decoders for the packed `state` word.
 #[inline]
@@ -164,6 +206,52 @@ pub(crate) struct Span {
 unsafe impl Send for Span {}
 unsafe impl Sync for Span {}
 
+/// A lock-free stack of spans, linked through `Span::notify_next`: the
+/// notify stacks of the mcentrals and of the mcaches. Any thread pushes a
+/// span whose `NOTIFIED` bit it set; the stack's holder takes them all at
+/// once, so there is no ABA.
+#[repr(transparent)]
+pub(crate) struct NotifyStack(AtomicPtr<Span>);
+
+impl NotifyStack {
+    const_fn_unless_loom! {
+        pub(crate) fn new() -> NotifyStack {
+            NotifyStack(AtomicPtr::new(ptr::null_mut()))
+        }
+    }
+
+    /// Pushes `span`, whose `NOTIFIED` bit the caller set.
+    pub(crate) fn push(&self, span: &Span) {
+        let me = span as *const Span as *mut Span;
+        let mut head = self.0.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: NOTIFIED makes us the only writer of the link until the
+            // holder takes the span, which happens after our push.
+            span.notify_next.with_mut(|p| unsafe { *p = head });
+            match self.0.compare_exchange_weak(head, me, PUSH, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(x) => head = x,
+            }
+        }
+    }
+
+    /// Whether the stack looks empty (a hint, for skipping `take_all`).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.load(Ordering::Relaxed).is_null()
+    }
+
+    /// Takes every span; returns the first (walk with [`Span::next_notified`]).
+    pub(crate) fn take_all(&self) -> *mut Span {
+        self.0.swap(ptr::null_mut(), Ordering::Acquire)
+    }
+}
+
+/// A push publishes the span's link and state to the stack's holder.
+#[cfg(not(spanalloc_mutant = "notify_push_relaxed"))]
+const PUSH: Ordering = Ordering::Release;
+#[cfg(spanalloc_mutant = "notify_push_relaxed")]
+const PUSH: Ordering = Ordering::Relaxed;
+
 /// Bitmap storage per span-pool bucket (words). Bucket 0 (no bitmap) is for
 /// large spans.
 pub(crate) const BUCKET_WORDS: [usize; 6] = [0, 1, 2, 4, 8, 16];
@@ -183,8 +271,16 @@ pub(crate) fn record_bytes(bucket: usize) -> usize {
     (raw + 63) & !63
 }
 
-/// Outcome of a remote free that must wake the mcentral.
-pub(crate) type Notify = bool;
+/// Who must hear of a remote free (see [`Span::free_remote`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// Nobody.
+    None,
+    /// The mcentral: push the span on its notify stack.
+    Central,
+    /// The mcache with this index: push the span on its notify stack.
+    Owner(u32),
+}
 
 impl Span {
     /// Builds a record in place in fresh metadata memory.
@@ -219,7 +315,8 @@ impl Span {
                     prev: ptr::null_mut(),
                     next: ptr::null_mut(),
                     list: ListId::None,
-                    aged: false,
+                    next_free: ptr::null_mut(),
+                    has_free: false,
                 }),
                 free_bits,
                 remote_bits,
@@ -231,11 +328,11 @@ impl Span {
     }
 
     /// Makes this record describe a small span of `class` at `base`, every
-    /// object free, owned by whoever asked the mheap for it.
+    /// object free, owned by the mcache with index `owner`.
     ///
     /// # Safety
     /// The caller (the mheap, under its lock) must be the record's only user.
-    pub(crate) unsafe fn init_small(&mut self, base: usize, class: usize) {
+    pub(crate) unsafe fn init_small(&mut self, base: usize, class: usize, owner: u32) {
         let info = CLASSES[class];
         self.base = base;
         self.npages = info.pages as usize;
@@ -255,7 +352,8 @@ impl Span {
             o.prev = ptr::null_mut();
             o.next = ptr::null_mut();
             o.list = ListId::None;
-            o.aged = false;
+            o.next_free = ptr::null_mut();
+            o.has_free = false;
             for w in 0..words {
                 let left = info.nelems as usize - w * 64;
                 let bits = if left >= 64 { !0 } else { (1u64 << left) - 1 };
@@ -266,7 +364,7 @@ impl Span {
                 }
             }
         });
-        self.state.store(0, Ordering::Relaxed);
+        self.state.store(owned_by(owner), Ordering::Relaxed);
     }
 
     /// Makes this record describe one large object of `npages` pages.
@@ -326,14 +424,21 @@ impl Span {
     /// (cyclically) that has any, clearing it. Returns (word, bits).
     pub(crate) fn take_word(&self, from: usize) -> Option<(usize, u64)> {
         self.with_owned(|o, bits| {
+            if o.nfree == 0 {
+                return None;
+            }
             let n = bits.len();
-            for k in 0..n {
-                let w = (from + k) % n;
+            let mut w = if from < n { from } else { 0 };
+            for _ in 0..n {
                 let b = bits[w];
                 if b != 0 {
                     bits[w] = 0;
                     o.nfree -= b.count_ones();
                     return Some((w, b));
+                }
+                w += 1;
+                if w == n {
+                    w = 0;
                 }
             }
             None
@@ -410,7 +515,7 @@ impl Span {
         #[cfg(spanalloc_mutant = "publish_store")]
         {
             // Mutant: a plain store loses a remote free counted meanwhile.
-            let mut n = with_nalloc(s, nalloc_now) | CENTRAL;
+            let mut n = with_owner(with_nalloc(s, nalloc_now), 0) | CENTRAL;
             if nfree == 0 && pending(s) <= 0 {
                 n |= FULL;
             }
@@ -420,7 +525,8 @@ impl Span {
         }
         #[allow(unreachable_code)]
         loop {
-            let mut n = with_nalloc(s, nalloc_now) | CENTRAL;
+            debug_assert_eq!(s & CENTRAL, 0, "publishing a span the mcache does not own");
+            let mut n = with_owner(with_nalloc(s, nalloc_now), 0) | CENTRAL;
             n &= !FULL;
             if nfree == 0 && pending(s) <= 0 {
                 n |= FULL;
@@ -432,12 +538,20 @@ impl Span {
         }
     }
 
-    /// Takes the span from the mcentral for an mcache (caller holds the
-    /// mcentral's lock). Keeps `pending` and `NOTIFIED`.
-    pub(crate) fn claim_for_cache(&self) {
+    /// Whether mcache `owner` (not 0) owns the span, as of `state`: only
+    /// that mcache writes states naming it as owner, so it cannot see a
+    /// stale one.
+    #[inline]
+    pub(crate) fn owned_by_cache(state: u64, owner: u32) -> bool {
+        owner != 0 && state & CENTRAL == 0 && self::owner(state) == owner
+    }
+
+    /// Takes the span from the mcentral for the mcache with index `owner`
+    /// (caller holds the mcentral's lock). Keeps `pending` and `NOTIFIED`.
+    pub(crate) fn claim_for_cache(&self, owner: u32) {
         let mut s = self.state.load(Ordering::Relaxed);
         loop {
-            let n = with_nalloc(s, 0) & !(CENTRAL | FULL);
+            let n = with_owner(with_nalloc(s, 0), owner) & !(CENTRAL | FULL);
             match self.state.compare_exchange_weak(s, n, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => return,
                 Err(x) => s = x,
@@ -449,10 +563,11 @@ impl Span {
     // Frees from anyone but the owner.
 
     /// Frees the objects `mask` of bitmap word `w` from a thread that does
-    /// not own the span. Returns whether the caller must push the span on its
-    /// mcentral's notify stack ([`crate::mcentral::MCentral::notify`]).
-    /// Aborts on an object freed twice.
-    pub(crate) fn free_remote(&self, w: usize, mask: u64) -> Notify {
+    /// not own the span. Returns who the caller must push the span to: its
+    /// mcentral (a central span became reusable or empty) or its owning
+    /// mcache (an owned span got its first remote free). Aborts on an object
+    /// freed twice.
+    pub(crate) fn free_remote(&self, w: usize, mask: u64) -> Wake {
         debug_assert!(w < self.used_words());
         // SAFETY: w < used_words <= capacity.
         let word = unsafe { &*self.remote_bits.add(w) };
@@ -472,9 +587,18 @@ impl Span {
         let mut late = Some((word, mask));
         loop {
             let n = add_pending(s, k);
-            let wake = s & (CENTRAL | NOTIFIED) == CENTRAL
-                && ((s & FULL != 0 && pending(s) <= 0 && pending(n) > 0) || pending(n) == nalloc(n));
-            let n = if wake { n | NOTIFIED } else { n };
+            let crossing = pending(s) <= 0 && pending(n) > 0;
+            let wake = if s & NOTIFIED != 0 {
+                Wake::None
+            } else if s & CENTRAL != 0 {
+                if (s & FULL != 0 && crossing) || pending(n) == nalloc(n) { Wake::Central } else { Wake::None }
+            } else if crossing && owner(s) != 0 && cfg!(not(spanalloc_mutant = "owner_not_told")) {
+                // The owner may hold the span among its full ones: tell it.
+                Wake::Owner(owner(s))
+            } else {
+                Wake::None
+            };
+            let n = if wake == Wake::None { n } else { n | NOTIFIED };
             match self.state.compare_exchange_weak(s, n, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => {
                     #[cfg(spanalloc_mutant = "count_before_bits")]
@@ -486,6 +610,18 @@ impl Span {
                 Err(x) => s = x,
             }
         }
+    }
+
+    /// The next span on the notify stack this one was taken from.
+    pub(crate) fn next_notified(&self) -> *mut Span {
+        // SAFETY: the taker of the stack reads the links its pushers wrote.
+        self.notify_next.with(|p| unsafe { *p })
+    }
+
+    /// Clears `NOTIFIED` (the owning mcache, after taking the span off its
+    /// notify stack). Returns the new state.
+    pub(crate) fn clear_notified(&self) -> u64 {
+        self.state.fetch_and(!NOTIFIED, Ordering::AcqRel) & !NOTIFIED
     }
 
     /// Clears `NOTIFIED` if the state is still `s`, optionally updating
@@ -523,7 +659,7 @@ mod tests {
         // SAFETY: the record is large enough and aligned.
         unsafe {
             let s = Span::create(rec as *mut Record as *mut Span, bucket);
-            (*s).init_small(0x10000, class);
+            (*s).init_small(0x10000, class, 1);
             &mut *s
         }
     }
@@ -553,10 +689,11 @@ mod tests {
         let s = span_of_class(6, &mut rec); // 64 B, 128 objects
         let (w, bits) = s.take_word(0).unwrap();
         assert_eq!((w, bits), (0, !0));
-        assert!(!s.free_remote(0, 0b1010));
-        assert_eq!(pending(s.state.load(Ordering::Relaxed)), 2);
-        assert_eq!(s.collect(), 2);
-        assert_eq!(s.with_owned(|_, b| b[0]), 0b1010);
+        assert_eq!(s.free_remote(0, 0b1010), Wake::Owner(1), "the owner hears of the first remote free");
+        assert_eq!(s.free_remote(0, 0b0100), Wake::None, "already notified");
+        assert_eq!(pending(s.state.load(Ordering::Relaxed)), 3);
+        assert_eq!(s.collect(), 3);
+        assert_eq!(s.with_owned(|_, b| b[0]), 0b1110);
         assert_eq!(pending(s.state.load(Ordering::Relaxed)), 0);
     }
 
@@ -568,12 +705,12 @@ mod tests {
         let st = s.publish_central();
         assert_eq!(st & (CENTRAL | FULL), CENTRAL | FULL);
         assert_eq!(nalloc(st), 64);
-        assert!(s.free_remote(0, 1), "first free of a full span wakes the mcentral");
-        assert!(!s.free_remote(0, 2), "already notified");
+        assert_eq!(s.free_remote(0, 1), Wake::Central, "first free of a full span wakes the mcentral");
+        assert_eq!(s.free_remote(0, 2), Wake::None, "already notified");
         assert!(s.finish_notify(s.state.load(Ordering::Relaxed), false));
-        assert!(!s.free_remote(0, 4), "partial now: no wake until empty");
+        assert_eq!(s.free_remote(0, 4), Wake::None, "partial now: no wake until empty");
         assert!(!s.retire());
-        assert!(s.free_remote(0, !7), "last free wakes the mcentral");
+        assert_eq!(s.free_remote(0, !7), Wake::Central, "last free wakes the mcentral");
         let st = s.state.load(Ordering::Relaxed);
         assert!(s.finish_notify(st, false));
         assert!(s.retire(), "every object free and nothing queued");

@@ -56,6 +56,13 @@ pub(crate) mod unmodelled {
                 .store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
         }
 
+        /// Sets the value; only the one thread that owns the counter may
+        /// call this.
+        #[inline]
+        pub(crate) fn set(&self, v: u64) {
+            self.0.store(v, Ordering::Relaxed);
+        }
+
         #[inline]
         pub(crate) fn get(&self) -> u64 {
             self.0.load(Ordering::Relaxed)

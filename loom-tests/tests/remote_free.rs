@@ -20,6 +20,7 @@ fn remote_frees_race_owner_allocating_from_and_releasing_the_span() {
         let heap = Arc::new(Heap::new());
         let (tx1, rx1) = channel::<usize>();
         let (tx2, rx2) = channel::<usize>();
+        let (landed, first_landed) = channel::<()>();
         let h = heap.clone();
         let owner = spawn(move || {
             let l = layout(FOUR_PER_SPAN);
@@ -28,23 +29,30 @@ fn remote_frees_race_owner_allocating_from_and_releasing_the_span() {
             let objs: Vec<usize> = (0..4).map(|_| cache.alloc(l) as usize).collect();
             tx1.send(objs[0]).unwrap();
             tx2.send(objs[1]).unwrap();
-            // The span is exhausted: refilling merges the remote frees that
-            // have landed (or are landing), or gives the span back and takes
-            // a fresh one.
+            // One remote free has landed; the other lands while we refill:
+            // the span is exhausted, so refilling merges the remote frees
+            // (one counted, the other perhaps only half done), or puts the
+            // span aside and takes a fresh one.
+            first_landed.recv().unwrap();
             let x = cache.alloc(l) as usize;
             let y = cache.alloc(l) as usize;
             vec![objs[2], objs[3], x, y]
         });
-        let freer = |heap: Arc<Heap>, rx: loom::sync::mpsc::Receiver<usize>| {
+        let freer = |heap: Arc<Heap>, rx: loom::sync::mpsc::Receiver<usize>, landed: Option<loom::sync::mpsc::Sender<()>>| {
             spawn(move || {
                 let p = rx.recv().unwrap();
-                let mut cache = heap.cache();
-                unsafe { cache.dealloc(p as *mut u8, layout(FOUR_PER_SPAN)) };
-                // Dropping the cache lands the deferred free in the span.
+                {
+                    let mut cache = heap.cache();
+                    unsafe { cache.dealloc(p as *mut u8, layout(FOUR_PER_SPAN)) };
+                    // Dropping the cache lands the deferred free in the span.
+                }
+                if let Some(landed) = landed {
+                    landed.send(()).unwrap();
+                }
             })
         };
-        let f1 = freer(heap.clone(), rx1);
-        let f2 = freer(heap.clone(), rx2);
+        let f1 = freer(heap.clone(), rx1, Some(landed));
+        let f2 = freer(heap.clone(), rx2, None);
         let kept = owner.join().unwrap();
         f1.join().unwrap();
         f2.join().unwrap();

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use spanalloc::Heap;
+use spanalloc::{Heap, MCache};
 use spanalloc_loom_tests::{ONE_PER_SPAN, TWO_PER_SPAN, assert_disjoint, free_all_and_audit, layout, model, spawn};
 
 #[test]
@@ -23,9 +23,11 @@ fn last_free_races_return_to_mheap_and_reuse_for_another_class() {
             let mut cache = heap.cache();
             (cache.alloc(l) as usize, cache.alloc(l) as usize)
         };
+        // The freers' caches have no index, so they do not take the span
+        // over: their frees land in it as remote frees.
         let free_one = |heap: Arc<Heap>, p: usize| {
             spawn(move || {
-                let mut cache = heap.cache();
+                let mut cache = MCache::without_index(&heap);
                 unsafe { cache.dealloc(p as *mut u8, layout(TWO_PER_SPAN)) };
             })
         };
