@@ -33,26 +33,45 @@
 //! exist in the child keep their spans, which are simply never reused.
 
 use core::alloc::{GlobalAlloc, Layout};
-use core::cell::UnsafeCell;
+use core::cell::{Cell, UnsafeCell};
 use core::ptr;
 
 use crate::heap::Heap;
 use crate::mcache::{CacheCore, CacheStats, Mode};
+use crate::stack::StackCache;
 use crate::stats::Stats;
 use crate::sync::unmodelled::{AtomicUsize, Ordering};
 
 /// The heap behind [`SpanAlloc`].
 pub(crate) static HEAP: Heap = Heap::new();
 
-/// One thread's cache and its counters.
+/// One thread's caches (objects and stacks) and their counters.
 struct ThreadCache {
     core: UnsafeCell<CacheCore>,
     stats: CacheStats,
+    stacks: UnsafeCell<StackCache>,
+    /// Set-up done for this thread (`REGISTERED`, `EXIT_HOOK`).
+    flags: Cell<u8>,
+    /// An alternate signal stack spanalloc installed for the thread.
+    altstack: Cell<usize>,
 }
+
+/// The thread's counters are on the heap's registry.
+const REGISTERED: u8 = 1;
+/// The thread-exit key is set for the thread.
+const EXIT_HOOK: u8 = 2;
+/// The thread's stack set-up (alternate signal stack) is done.
+const STACK_SETUP: u8 = 4;
 
 thread_local! {
     static CACHE: ThreadCache = const {
-        ThreadCache { core: UnsafeCell::new(CacheCore::new(Mode::ThreadFresh)), stats: CacheStats::new() }
+        ThreadCache {
+            core: UnsafeCell::new(CacheCore::new(Mode::ThreadFresh)),
+            stats: CacheStats::new(),
+            stacks: UnsafeCell::new(StackCache::new()),
+            flags: Cell::new(0),
+            altstack: Cell::new(0),
+        }
     };
 }
 
@@ -125,7 +144,29 @@ pub fn release() {
 
 /// A snapshot of the global allocator's statistics (see [`Stats`]).
 pub fn stats() -> Stats {
-    HEAP.stats()
+    let mut s = HEAP.stats();
+    s.stacks = crate::stack::stats(s.stacks.cached);
+    s
+}
+
+/// Runs `f` on the calling thread's stack cache, setting the thread up on
+/// first use (exit hook, alternate signal stack) and publishing the number
+/// of stacks it holds.
+pub(crate) fn with_stack_cache<R>(f: impl FnOnce(&mut StackCache) -> R) -> R {
+    let tc = thread_cache();
+    // SAFETY: the cache lives as long as its thread and only this thread
+    // reaches it; the stack pools never re-enter the stack cache.
+    let tc = unsafe { &*tc };
+    if tc.flags.get() & STACK_SETUP == 0 {
+        register_thread(tc);
+        tc.altstack.set(crate::stack::thread_setup());
+        tc.flags.set(tc.flags.get() | STACK_SETUP);
+    }
+    // SAFETY: as above, this is the only reference to the stack cache.
+    let stacks = unsafe { &mut *tc.stacks.get() };
+    let r = f(stacks);
+    tc.stats.stacks_cached.set(stacks.len() as u64);
+    r
 }
 
 // ---------------------------------------------------------------------------
@@ -137,20 +178,31 @@ static HOOKS: AtomicUsize = AtomicUsize::new(0);
 static KEY: AtomicUsize = AtomicUsize::new(0);
 
 /// Sets up a thread's cache on its first refill.
-pub(crate) fn activate(heap: &Heap, core: &mut CacheCore, stats: &CacheStats) {
+pub(crate) fn activate(heap: &Heap, core: &mut CacheCore, _stats: &CacheStats) {
     core.mode = Mode::ThreadActive;
     core.index = heap.take_index();
-    if !ptr::eq(heap, &HEAP) {
-        return;
+    if ptr::eq(heap, &HEAP) {
+        // SAFETY: the thread's cache outlives this call.
+        register_thread(unsafe { &*thread_cache() });
     }
-    let hooks = process_hooks();
-    // SAFETY: the counters live in this thread's TLS until the key
-    // destructor unregisters them.
-    unsafe { HEAP.register(stats) };
-    if hooks == 2 {
-        let tc = thread_cache();
+}
+
+/// Puts the thread's counters on the heap's registry and sets its exit
+/// hook, once.
+fn register_thread(tc: &ThreadCache) {
+    let flags = tc.flags.get();
+    if flags & REGISTERED == 0 {
+        // SAFETY: the counters live in this thread's TLS until the key
+        // destructor unregisters them.
+        unsafe { HEAP.register(&tc.stats) };
+        tc.flags.set(tc.flags.get() | REGISTERED);
+    }
+    if flags & EXIT_HOOK == 0 && process_hooks() == 2 {
         // SAFETY: the key exists; the value is this thread's cache.
-        unsafe { libc::pthread_setspecific(KEY.load(Ordering::Relaxed) as libc::pthread_key_t, tc.cast()) };
+        unsafe {
+            libc::pthread_setspecific(KEY.load(Ordering::Relaxed) as libc::pthread_key_t, ptr::from_ref(tc).cast())
+        };
+        tc.flags.set(tc.flags.get() | EXIT_HOOK);
     }
 }
 
@@ -183,24 +235,36 @@ unsafe extern "C" fn thread_exit(arg: *mut libc::c_void) {
     // until the thread is gone.
     let tc = unsafe { &*(arg as *const ThreadCache) };
     let core = unsafe { &mut *tc.core.get() };
-    core.flush(&HEAP);
-    core.publish(&tc.stats);
-    HEAP.give_index(core.index);
-    core.index = 0;
-    HEAP.unregister(&tc.stats);
+    if core.mode == Mode::ThreadActive {
+        core.flush(&HEAP);
+        core.publish(&tc.stats);
+        HEAP.give_index(core.index);
+        core.index = 0;
+    }
     core.mode = Mode::Exited;
+    // SAFETY: the thread is exiting; nothing else reaches its stack cache.
+    crate::stack::POOLS.flush(unsafe { &mut *tc.stacks.get() });
+    tc.stats.stacks_cached.set(0);
+    crate::stack::thread_teardown(tc.altstack.replace(0));
+    if tc.flags.get() & REGISTERED != 0 {
+        HEAP.unregister(&tc.stats);
+    }
+    tc.flags.set(0);
 }
 
 extern "C" fn fork_prepare() {
+    crate::stack::for_each_lock(|l| l.lock());
     HEAP.for_each_lock(|l| l.lock());
 }
 
 extern "C" fn fork_parent() {
     // SAFETY: fork_prepare took these locks on this thread.
     HEAP.for_each_lock(|l| unsafe { l.unlock() });
+    crate::stack::for_each_lock(|l| unsafe { l.unlock() });
 }
 
 extern "C" fn fork_child() {
     // SAFETY: the child's only thread inherited the locks fork_prepare took.
     HEAP.for_each_lock(|l| unsafe { l.unlock() });
+    crate::stack::for_each_lock(|l| unsafe { l.unlock() });
 }

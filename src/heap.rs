@@ -166,6 +166,7 @@ impl Heap {
         let mut s = Stats::default();
         let add = |s: &mut Stats, cs: &CacheStats| {
             s.cached += cs.owned_pages.get() * PAGE_SIZE as u64;
+            s.stacks.cached += cs.stacks_cached.get();
             for c in 1..NUM_CLASSES {
                 s.by_class[c].mallocs += cs.classes[c].mallocs.get();
                 s.by_class[c].frees += cs.classes[c].frees.get();

@@ -51,6 +51,7 @@ mod mspan;
 mod os;
 mod report;
 pub mod sizeclass;
+pub mod stack;
 mod stats;
 mod sync;
 
@@ -61,6 +62,7 @@ pub use global::{SpanAlloc, release, stats};
 #[cfg(loom)]
 #[doc(hidden)]
 pub mod loom_api {
+    pub use crate::stack::pool::{StackCache, StackPools, class_size};
     pub use crate::sync::RawLock;
 }
 pub use heap::Heap;

@@ -128,10 +128,17 @@ struct Spare {
     /// gathers, so a refill from the oldest lasts longest.
     free: *mut Span,
     free_tail: *mut Span,
+    /// The class refilled since the last trim.
+    active: bool,
 }
 
-const NO_SPARE: Spare =
-    Spare { deferred: NO_DEFERRED, owned: ptr::null_mut(), free: ptr::null_mut(), free_tail: ptr::null_mut() };
+const NO_SPARE: Spare = Spare {
+    deferred: NO_DEFERRED,
+    owned: ptr::null_mut(),
+    free: ptr::null_mut(),
+    free_tail: ptr::null_mut(),
+    active: false,
+};
 
 /// What a cache is, for the slow paths.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,6 +191,8 @@ pub(crate) struct CacheStats {
     pub(crate) classes: [ClassCounters; NUM_CLASSES],
     /// Pages of the spans the cache owns, as of its last slow path.
     pub(crate) owned_pages: Counter,
+    /// Stacks in the thread's stack cache.
+    pub(crate) stacks_cached: Counter,
     /// Links in the heap's registry of thread caches (under its lock).
     pub(crate) links: core::cell::UnsafeCell<(*const CacheStats, *const CacheStats)>,
 }
@@ -198,6 +207,7 @@ impl CacheStats {
         CacheStats {
             classes: [const { ClassCounters { mallocs: Counter::new(), frees: Counter::new() } }; NUM_CLASSES],
             owned_pages: Counter::new(),
+            stacks_cached: Counter::new(),
             links: core::cell::UnsafeCell::new((ptr::null(), ptr::null())),
         }
     }
@@ -436,10 +446,11 @@ impl CacheCore {
     }
 
     /// Gives back, at most once per scavenger tick, what the cache holds
-    /// for nothing: all but one of each class's spans whose objects are all
-    /// free (and the current span, if all free, except for class `keep`),
-    /// and deferred frees. So a thread that freed a peak lets the heap
-    /// return it to the OS, while a busy thread keeps the spans it uses.
+    /// for nothing: spans whose objects are all free (but one per class the
+    /// cache refilled since the last trim; the current span of `keep`
+    /// stays), and deferred frees. So a thread that freed a peak lets the
+    /// heap return it to the OS, while a busy thread keeps the spans it
+    /// uses.
     #[cold]
     fn trim(&mut self, heap: &Heap, keep: usize) {
         self.take_notices(heap);
@@ -448,7 +459,8 @@ impl CacheCore {
             // Rebuild the queue of spans with free objects as we go.
             self.spare[class].free = ptr::null_mut();
             self.spare[class].free_tail = ptr::null_mut();
-            let mut kept_empty = false;
+            // An idle class keeps no empty span.
+            let mut kept_empty = !core::mem::replace(&mut self.spare[class].active, false);
             let mut at = self.spare[class].owned;
             // SAFETY: listed spans are live and ours.
             while let Some(span) = unsafe { at.as_ref() } {
@@ -487,6 +499,7 @@ impl CacheCore {
     /// with free objects; a span from the mcentral (or a fresh one from the
     /// mheap). Returns false when the heap is out of memory.
     fn refill(&mut self, heap: &Heap, class: usize) -> bool {
+        self.spare[class].active = true;
         loop {
             let current = self.classes[class].span;
             // SAFETY: a cached span is live and ours.

@@ -26,7 +26,6 @@ use core::ptr;
 
 use crate::heap::Heap;
 use crate::mspan::{self, CENTRAL, ListId, NOTIFIED, NotifyStack, Span};
-use crate::sizeclass::CLASSES;
 use crate::sync::atomic::Ordering;
 use crate::sync::{Mutex, const_fn_unless_loom};
 
@@ -34,7 +33,7 @@ use crate::sync::{Mutex, const_fn_unless_loom};
 /// 128 KiB of objects, at least two spans.
 #[cfg(not(loom))]
 fn empty_budget(class: usize) -> usize {
-    let span = CLASSES[class].pages as usize * crate::sizeclass::PAGE_SIZE;
+    let span = crate::sizeclass::CLASSES[class].pages as usize * crate::sizeclass::PAGE_SIZE;
     ((128 << 10) / span).max(2)
 }
 

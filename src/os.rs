@@ -96,6 +96,14 @@ pub(crate) fn release(addr: *mut u8, len: usize) {
     }
 }
 
+/// Asks the kernel not to back the range with transparent huge pages.
+pub(crate) fn no_huge_pages(addr: *mut u8, len: usize) {
+    // SAFETY: advice only; the range is the caller's own mapping.
+    unsafe {
+        libc::madvise(addr.cast(), len, libc::MADV_NOHUGEPAGE);
+    }
+}
+
 /// How a guard region was installed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum GuardKind {

@@ -55,7 +55,7 @@ fn peak_and_free() {
 
 /// Small allocations of many sizes, as a program that goes on working.
 fn activity() {
-    let v: Vec<Box<[u8]>> = (0..2000).map(|i| vec![1u8; 16 + i % 3000].into_boxed_slice()).collect();
+    let v: Vec<Box<[u8]>> = (0..1000).map(|i| vec![1u8; 16 + (i * 7) % 1000].into_boxed_slice()).collect();
     drop(v);
 }
 
@@ -66,7 +66,9 @@ fn child_entry() {
     // few threads (the C library keeps their stacks for reuse).
     let warm: Vec<_> = (0..3).map(|_| std::thread::spawn(activity)).collect();
     warm.into_iter().for_each(|t| t.join().unwrap());
-    activity();
+    for _ in 0..20 {
+        activity();
+    }
     let before = rss_kib();
     peak_and_free();
     let peak = rss_kib();

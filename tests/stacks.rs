@@ -1,0 +1,143 @@
+//! Coroutine stacks: sizes round up to classes, stacks are reused through
+//! the thread caches and pools (also when freed on another thread), reuse
+//! gives memory back, guards sit below every stack, and running out of
+//! memory mappings is a clear error.
+
+#[global_allocator]
+static A: spanalloc::SpanAlloc = spanalloc::SpanAlloc;
+
+use std::collections::HashSet;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
+
+use spanalloc::stack::{Stack, StackError};
+
+#[test]
+fn sizes_round_up_to_a_class_and_the_guard_sits_below() {
+    for (asked, got) in [(1, 16 << 10), (16 << 10, 16 << 10), (20_000, 32 << 10), (1 << 20, 1 << 20), ((3 << 20) + 1, 4 << 20)] {
+        let s = Stack::new(asked).unwrap();
+        assert_eq!(s.size(), got, "asked {asked}");
+        assert_eq!(s.top() - s.bottom(), s.size());
+        assert!(s.limit() < s.bottom(), "a guard below the stack");
+        assert_eq!(s.top() % 16, 0);
+        // The whole usable range is writable.
+        unsafe {
+            (s.bottom() as *mut u8).write(1);
+            ((s.top() - 1) as *mut u8).write(2);
+        }
+    }
+    // Larger than the largest class: a mapping of its own, whole pages.
+    let big = Stack::new((8 << 20) + 100).unwrap();
+    assert!(big.size() >= (8 << 20) + 100);
+    assert_eq!(big.size() % 4096, 0);
+    unsafe { (big.bottom() as *mut u8).write(3) };
+}
+
+#[test]
+fn absurd_sizes_are_an_error_not_a_crash() {
+    assert!(matches!(Stack::new(usize::MAX), Err(StackError::TooLarge { .. })));
+    assert!(Stack::new(isize::MAX as usize).is_err());
+}
+
+#[test]
+fn stacks_are_distinct_and_reused_through_the_caches() {
+    let first: Vec<Stack> = (0..200).map(|_| Stack::new(64 << 10).unwrap()).collect();
+    let addrs: HashSet<usize> = first.iter().map(Stack::top).collect();
+    assert_eq!(addrs.len(), 200, "a stack handed out twice");
+    // Non-overlapping.
+    let mut ranges: Vec<(usize, usize)> = first.iter().map(|s| (s.limit(), s.top())).collect();
+    ranges.sort();
+    assert!(ranges.windows(2).all(|w| w[0].1 <= w[1].0));
+    drop(first);
+    let again: Vec<Stack> = (0..200).map(|_| Stack::new(64 << 10).unwrap()).collect();
+    let reused = again.iter().filter(|s| addrs.contains(&s.top())).count();
+    assert_eq!(reused, 200, "freed stacks are reused before new ones are made");
+}
+
+#[test]
+fn stacks_freed_on_another_thread_come_back() {
+    // A class no other test here uses (tests run in parallel).
+    let made: Vec<Stack> = (0..500).map(|_| Stack::new(128 << 10).unwrap()).collect();
+    let addrs: HashSet<usize> = made.iter().map(Stack::top).collect();
+    // Freed on other threads (their caches drain to the pool at exit).
+    let (a, b): (Vec<_>, Vec<_>) = made.into_iter().enumerate().partition(|(i, _)| i % 2 == 0);
+    let t1 = std::thread::spawn(move || drop(a));
+    let t2 = std::thread::spawn(move || drop(b));
+    t1.join().unwrap();
+    t2.join().unwrap();
+    let again: Vec<Stack> = (0..500).map(|_| Stack::new(128 << 10).unwrap()).collect();
+    let back = again.iter().filter(|s| addrs.contains(&s.top())).count();
+    assert_eq!(back, 500, "stacks came back to the pool");
+}
+
+#[test]
+fn a_reused_stack_gives_back_its_touched_pages() {
+    // Touch 1 MiB stacks all the way down, then free them: once they leave
+    // the thread cache, at most the kept top stays resident.
+    let resident = |stacks: &[Stack]| -> usize {
+        let page = 4096;
+        let mut n = 0;
+        for s in stacks {
+            let len = s.size();
+            let mut vec = vec![0u8; len / page];
+            unsafe { libc::mincore(s.bottom() as *mut libc::c_void, len, vec.as_mut_ptr()) };
+            n += vec.iter().filter(|&&b| b & 1 != 0).count() * page;
+        }
+        n
+    };
+    let stacks: Vec<Stack> = (0..8).map(|_| Stack::new(1 << 20).unwrap()).collect();
+    for s in &stacks {
+        unsafe { std::ptr::write_bytes(s.bottom() as *mut u8, 7, s.size()) };
+    }
+    assert_eq!(resident(&stacks), 8 << 20);
+    let tops: Vec<usize> = stacks.iter().map(Stack::top).collect();
+    drop(stacks);
+    let again: Vec<Stack> = (0..8).map(|_| Stack::new(1 << 20).unwrap()).collect();
+    assert!(again.iter().all(|s| tops.contains(&s.top())));
+    let kept = resident(&again);
+    assert!(kept <= 8 * (16 << 10), "{kept} bytes still resident in 8 reused stacks");
+    let s = spanalloc::stats();
+    assert!(s.stacks.reserved_bytes >= 8 << 20);
+    assert!(s.stacks.in_use >= 8);
+}
+
+const CASE_VAR: &str = "SPANALLOC_STACKS_CASE";
+
+/// The child: uses up the process's memory mappings, then asks for a stack
+/// of a class no thread has used yet (a new slab needs a new mapping).
+#[test]
+fn child_entry() {
+    let Ok(case) = std::env::var(CASE_VAR) else { return };
+    assert_eq!(case, "map-limit");
+    let page = 4096;
+    let mut maps = 0;
+    loop {
+        // Alternate protections so neighbouring mappings cannot merge.
+        let prot = if maps % 2 == 0 { libc::PROT_READ } else { libc::PROT_READ | libc::PROT_WRITE };
+        let p = unsafe {
+            libc::mmap(std::ptr::null_mut(), page, prot, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        };
+        if p == libc::MAP_FAILED {
+            break;
+        }
+        maps += 1;
+    }
+    match Stack::new(4 << 20) {
+        Err(e @ StackError::MapLimit { .. }) => println!("\nerror after {maps} mappings: {e}"),
+        Err(e) => println!("\nunexpected error: {e:?}"),
+        Ok(_) => println!("\nno error"),
+    }
+}
+
+#[test]
+fn running_out_of_mappings_is_an_error_that_names_vm_max_map_count() {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+        .env(CASE_VAR, "map-limit")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "child died: {:?}\n{stdout}", out.status.signal());
+    assert!(stdout.contains("error after"), "{stdout}");
+    assert!(stdout.contains("vm.max_map_count"), "{stdout}");
+}
