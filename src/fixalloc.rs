@@ -23,7 +23,7 @@ use crate::os;
 use crate::sync::unmodelled::Counter;
 
 /// Bytes per chunk (and its alignment).
-const CHUNK: usize = 256 << 10;
+const CHUNK: usize = 64 << 10;
 /// The header, padded so records stay 64-aligned.
 const HEADER: usize = 64;
 /// Bytes of a released chunk that stay resident (the page holding the
