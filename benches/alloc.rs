@@ -75,17 +75,9 @@ macro_rules! side_by_side {
 
 /// A group with the suite's timing: 1 s warm-up, `secs` of measurement,
 /// `samples` samples.
-fn group<'a>(
-    c: &'a mut Criterion,
-    name: &str,
-    samples: usize,
-    secs: u64,
-    throughput: Option<Throughput>,
-) -> Group<'a> {
+fn group<'a>(c: &'a mut Criterion, name: &str, samples: usize, secs: u64, throughput: Option<Throughput>) -> Group<'a> {
     let mut g = c.benchmark_group(name);
-    g.warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(secs))
-        .sample_size(samples);
+    g.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(secs)).sample_size(samples);
     if let Some(t) = throughput {
         g.throughput(t);
     }
@@ -234,13 +226,7 @@ impl Crew {
                 })
             })
             .collect();
-        Crew {
-            start,
-            done,
-            iters,
-            stop,
-            workers,
-        }
+        Crew { start, done, iters, stop, workers }
     }
 
     /// Runs every job with `iters` and returns the wall time of the slowest.
@@ -270,10 +256,7 @@ impl Drop for Crew {
 /// passed through `black_box` on every pair, so the size-class lookup cannot
 /// be hoisted out of the loop for allocators whose fast path inlines into
 /// this crate.
-fn lifo_pair<A: GlobalAlloc + Sync + 'static>(
-    a: &'static A,
-    size: usize,
-) -> impl FnMut(&mut Bencher<'_>) {
+fn lifo_pair<A: GlobalAlloc + Sync + 'static>(a: &'static A, size: usize) -> impl FnMut(&mut Bencher<'_>) {
     let layout = layout(size);
     move |b| {
         b.iter(|| {
@@ -292,10 +275,7 @@ const BATCH_OBJECTS: usize = 1000;
 
 /// 1,000 allocations, then 1,000 frees in allocation order (FIFO). The
 /// pointer array is made once, outside the timed loop.
-fn batch_1000<A: GlobalAlloc + Sync + 'static>(
-    a: &'static A,
-    size: usize,
-) -> impl FnMut(&mut Bencher<'_>) {
+fn batch_1000<A: GlobalAlloc + Sync + 'static>(a: &'static A, size: usize) -> impl FnMut(&mut Bencher<'_>) {
     let layout = layout(size);
     let mut ptrs = vec![std::ptr::null_mut::<u8>(); BATCH_OBJECTS];
     move |b| {
@@ -342,23 +322,16 @@ where
     S: Fn(&mut Rng) -> usize + Copy + Send + 'static,
 {
     let mut jobs: Vec<Job> = Vec::new();
-    let (to_consumers, from_producers): (Vec<_>, Vec<_>) = (0..consumers)
-        .map(|_| mpsc::sync_channel::<Batch>(PIPE_DEPTH))
-        .unzip();
-    let (to_producers, recycled): (Vec<_>, Vec<_>) = (0..producers)
-        .map(|_| mpsc::channel::<Vec<usize>>())
-        .unzip();
+    let (to_consumers, from_producers): (Vec<_>, Vec<_>) =
+        (0..consumers).map(|_| mpsc::sync_channel::<Batch>(PIPE_DEPTH)).unzip();
+    let (to_producers, recycled): (Vec<_>, Vec<_>) = (0..producers).map(|_| mpsc::channel::<Vec<usize>>()).unzip();
     for (me, recycled) in recycled.into_iter().enumerate() {
         let to = to_consumers.clone();
         let mut rng = Rng::new(me as u64);
         let mut cur: Vec<usize> = Vec::with_capacity(PIPE_BATCH);
         let mut next = me % consumers;
         jobs.push(Box::new(move |iters| {
-            let fresh = || {
-                recycled
-                    .try_recv()
-                    .unwrap_or_else(|_| Vec::with_capacity(PIPE_BATCH))
-            };
+            let fresh = || recycled.try_recv().unwrap_or_else(|_| Vec::with_capacity(PIPE_BATCH));
             let send = |to: &SyncSender<Batch>, addrs: Vec<usize>| {
                 if to.send(Batch { from: me, addrs }).is_err() {
                     eprintln!("alloc benchmark: a freeing thread is gone");
@@ -411,9 +384,7 @@ where
 
 /// One thread allocates 64 B objects, another frees them: every free is
 /// remote. Per object.
-fn producer_consumer<A: GlobalAlloc + Sync + 'static>(
-    a: &'static A,
-) -> impl FnMut(&mut Bencher<'_>) {
+fn producer_consumer<A: GlobalAlloc + Sync + 'static>(a: &'static A) -> impl FnMut(&mut Bencher<'_>) {
     let crew = pipeline(a, 1, 1, |_: &mut Rng| 64);
     move |b| b.iter_custom(|iters| crew.run(iters))
 }
@@ -425,11 +396,7 @@ const XMALLOC_THREADS: usize = 2;
 /// thread.
 fn xmalloc<A: GlobalAlloc + Sync + 'static>(a: &'static A) -> impl FnMut(&mut Bencher<'_>) {
     let sizes = |r: &mut Rng| {
-        if r.next() & 1 == 0 {
-            64
-        } else {
-            16 + r.below(497) as usize
-        }
+        if r.next() & 1 == 0 { 64 } else { 16 + r.below(497) as usize }
     };
     let crew = pipeline(a, XMALLOC_THREADS, XMALLOC_THREADS, sizes);
     move |b| b.iter_custom(|iters| crew.run(iters))
@@ -507,11 +474,7 @@ fn larson_lineage<A: GlobalAlloc + Sync + 'static>(
 
 /// Starts a detached larson thread (small stack: the work needs little).
 fn larson_spawn(f: impl FnOnce() + Send + 'static) {
-    if thread::Builder::new()
-        .stack_size(64 << 10)
-        .spawn(f)
-        .is_err()
-    {
+    if thread::Builder::new().stack_size(64 << 10).spawn(f).is_err() {
         eprintln!("alloc benchmark: cannot spawn a larson thread");
         std::process::abort();
     }
@@ -522,19 +485,15 @@ fn larson_spawn(f: impl FnOnce() + Send + 'static) {
 /// objects die on another thread than the one that made them. The slots are
 /// filled before the clock starts; an iteration is one replacement per
 /// lineage.
-fn larson<A: GlobalAlloc + Sync + 'static>(
-    a: &'static A,
-    threads: usize,
-) -> impl FnMut(&mut Bencher<'_>) {
+fn larson<A: GlobalAlloc + Sync + 'static>(a: &'static A, threads: usize) -> impl FnMut(&mut Bencher<'_>) {
     move |b| {
         b.iter_custom(|iters| {
             let (done, finished) = mpsc::channel();
             let start = Arc::new(Barrier::new(threads + 1));
             let mut seeder = Rng::new(threads as u64);
             for t in 0..threads {
-                let slots: Vec<usize> = (0..LARSON_SLOTS)
-                    .map(|_| alloc_sized(a, 16 + seeder.below(1009) as usize))
-                    .collect();
+                let slots: Vec<usize> =
+                    (0..LARSON_SLOTS).map(|_| alloc_sized(a, 16 + seeder.below(1009) as usize)).collect();
                 let (start, done) = (start.clone(), done.clone());
                 larson_spawn(move || {
                     start.wait();
@@ -576,14 +535,8 @@ const SCRATCH_WRITES: usize = 1024;
 /// object, then per iteration allocates an object of the same size, writes
 /// it [`SCRATCH_WRITES`] times and frees it. An allocator that hands the
 /// workers objects on one cache line makes the writes ping-pong the line.
-fn cache_scratch<A: GlobalAlloc + Sync + 'static>(
-    a: &'static A,
-    size: usize,
-) -> impl FnMut(&mut Bencher<'_>) {
-    assert!(
-        SCRATCH_WRITES.is_multiple_of(size),
-        "cache_scratch size {size}"
-    );
+fn cache_scratch<A: GlobalAlloc + Sync + 'static>(a: &'static A, size: usize) -> impl FnMut(&mut Bencher<'_>) {
+    assert!(SCRATCH_WRITES.is_multiple_of(size), "cache_scratch size {size}");
     let layout = layout(size);
     let handoff: Arc<[AtomicUsize]> = (0..SCRATCH_WORKERS).map(|_| AtomicUsize::new(0)).collect();
     let jobs: Vec<Job> = (0..SCRATCH_WORKERS)
@@ -624,10 +577,7 @@ fn cache_scratch<A: GlobalAlloc + Sync + 'static>(
 // 8. Large objects.
 
 /// Allocates `size` bytes, writes one byte per 4 KiB page, frees.
-fn large<A: GlobalAlloc + Sync + 'static>(
-    a: &'static A,
-    size: usize,
-) -> impl FnMut(&mut Bencher<'_>) {
+fn large<A: GlobalAlloc + Sync + 'static>(a: &'static A, size: usize) -> impl FnMut(&mut Bencher<'_>) {
     let layout = layout(size);
     move |b| {
         b.iter(|| {
@@ -655,13 +605,7 @@ fn benches(c: &mut Criterion) {
     }
 
     for size in [64, 1024] {
-        let mut g = group(
-            c,
-            &format!("batch_1000/{size}"),
-            50,
-            2,
-            per(BATCH_OBJECTS as u64),
-        );
+        let mut g = group(c, &format!("batch_1000/{size}"), 50, 2, per(BATCH_OBJECTS as u64));
         side_by_side!(&mut g, batch_1000(size));
         g.finish();
     }

@@ -79,15 +79,9 @@ fn rss() -> Rss {
             .split(|&b| b == b'\n')
             .find(|l| l.starts_with(name))
             .unwrap_or_else(|| panic!("no {} in /proc/self/status", String::from_utf8_lossy(name)));
-        line[name.len()..]
-            .iter()
-            .filter(|b| b.is_ascii_digit())
-            .fold(0, |n, &d| n * 10 + u64::from(d - b'0'))
+        line[name.len()..].iter().filter(|b| b.is_ascii_digit()).fold(0, |n, &d| n * 10 + u64::from(d - b'0'))
     };
-    Rss {
-        now: field(b"VmRSS:"),
-        peak: field(b"VmHWM:"),
-    }
+    Rss { now: field(b"VmRSS:"), peak: field(b"VmHWM:") }
 }
 
 // ---------------------------------------------------------------------------
@@ -97,10 +91,7 @@ fn rss() -> Rss {
 #[cold]
 #[inline(never)]
 fn null_from<A>(size: usize) -> ! {
-    eprintln!(
-        "memory: {} returned null for {size} bytes; aborting",
-        std::any::type_name::<A>()
-    );
+    eprintln!("memory: {} returned null for {size} bytes; aborting", std::any::type_name::<A>());
     std::process::abort()
 }
 
@@ -249,9 +240,7 @@ struct Report {
 /// Warms up (the allocator's and std's start-up allocations, and one
 /// thread, whose stack glibc keeps for reuse) and returns RSS then.
 fn warm_up<A: GlobalAlloc + Sync + 'static>(a: &'static A) -> u64 {
-    std::thread::spawn(move || activity(a))
-        .join()
-        .expect("warm-up thread");
+    std::thread::spawn(move || activity(a)).join().expect("warm-up thread");
     activity(a);
     rss().now
 }
@@ -277,10 +266,7 @@ fn fill<A: GlobalAlloc>(a: &A, seed: u64) -> List {
 
 /// `peak1g`: see the module documentation.
 fn peak1g<A: GlobalAlloc + Sync + 'static>(a: &'static A) -> Report {
-    let mut r = Report {
-        before: warm_up(a),
-        ..Report::default()
-    };
+    let mut r = Report { before: warm_up(a), ..Report::default() };
     let start = Instant::now();
     let peak_reached = Arc::new(Barrier::new(2));
     let (to_helper, from_main) = mpsc::channel::<List>();
@@ -362,10 +348,7 @@ fn churn_thread<A: GlobalAlloc>(a: &A, seed: u64, end: &Barrier, at_end: impl Fn
 
 /// `churn`: see the module documentation.
 fn churn<A: GlobalAlloc + Sync + 'static>(a: &'static A) -> Report {
-    let mut r = Report {
-        before: warm_up(a),
-        ..Report::default()
-    };
+    let mut r = Report { before: warm_up(a), ..Report::default() };
     let start = Instant::now();
     let end = Arc::new(Barrier::new(2));
     let helper = {

@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== unit, integration and doc tests"
-cargo test --all-targets
-cargo test --doc
+cargo test --all-features --all-targets
+cargo test --all-features --doc
 echo "== loom models"
 scripts/loom.sh
 echo "== loom models catch their mutants"

@@ -152,15 +152,14 @@ pub fn stats() -> Stats {
 /// Runs `f` on the calling thread's stack cache, setting the thread up on
 /// first use (exit hook, alternate signal stack) and publishing the number
 /// of stacks it holds.
+#[inline(always)]
 pub(crate) fn with_stack_cache<R>(f: impl FnOnce(&mut StackCache) -> R) -> R {
     let tc = thread_cache();
     // SAFETY: the cache lives as long as its thread and only this thread
     // reaches it; the stack pools never re-enter the stack cache.
     let tc = unsafe { &*tc };
     if tc.flags.get() & STACK_SETUP == 0 {
-        register_thread(tc);
-        tc.altstack.set(crate::stack::thread_setup());
-        tc.flags.set(tc.flags.get() | STACK_SETUP);
+        stack_thread_setup(tc);
     }
     // SAFETY: as above, this is the only reference to the stack cache.
     let stacks = unsafe { &mut *tc.stacks.get() };
@@ -176,6 +175,16 @@ pub(crate) fn with_stack_cache<R>(f: impl FnOnce(&mut StackCache) -> R) -> R {
 static HOOKS: AtomicUsize = AtomicUsize::new(0);
 /// The pthread key whose destructor flushes a thread's cache.
 static KEY: AtomicUsize = AtomicUsize::new(0);
+
+/// The first stack operation of a thread: its exit hook and its overflow
+/// handler's alternate stack.
+#[cold]
+#[inline(never)]
+fn stack_thread_setup(tc: &ThreadCache) {
+    register_thread(tc);
+    tc.altstack.set(crate::stack::thread_setup());
+    tc.flags.set(tc.flags.get() | STACK_SETUP);
+}
 
 /// Sets up a thread's cache on its first refill.
 pub(crate) fn activate(heap: &Heap, core: &mut CacheCore, _stats: &CacheStats) {

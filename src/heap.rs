@@ -467,8 +467,7 @@ mod tests {
     fn objects_of_every_class_are_distinct_aligned_and_writable() {
         let heap = Heap::new();
         let mut cache = heap.cache();
-        for c in 1..NUM_CLASSES {
-            let info = CLASSES[c];
+        for (c, &info) in CLASSES.iter().enumerate().skip(1) {
             let l = layout(info.size as usize);
             let n = info.nelems as usize * 2 + 3;
             let ptrs: Vec<*mut u8> = (0..n).map(|_| cache.alloc(l)).collect();

@@ -41,10 +41,10 @@ use core::ptr;
 use crate::heap::Heap;
 use crate::mheap::TICK_MS;
 use crate::mspan::{CENTRAL, ListId, Span};
-use crate::sync::atomic::Ordering;
 use crate::os;
 use crate::report;
 use crate::sizeclass::{CLASSES, MAX_SMALL, NUM_CLASSES, class_of, small_class};
+use crate::sync::atomic::Ordering;
 use crate::sync::unmodelled::Counter;
 
 /// One size class's slot in the cache: one 64-byte line.
@@ -362,10 +362,8 @@ impl CacheCore {
     ) -> *mut u8 {
         let old_class = class_of(size, align);
         let new_class = class_of(new_size, align);
-        if old_class == new_class {
-            if old_class != 0 || heap.mheap.resize_large(ptr as usize, new_size) {
-                return ptr;
-            }
+        if old_class == new_class && (old_class != 0 || heap.mheap.resize_large(ptr as usize, new_size)) {
+            return ptr;
         }
         let new = self.alloc(heap, stats, new_size, align);
         if !new.is_null() {
@@ -762,7 +760,10 @@ impl CacheCore {
         let d = &mut self.spare[class].deferred;
         if ptr::eq(d.span, span) && d.word == word {
             if d.mask & bit != 0 {
-                report::double_free(span.object_addr(word * 64 + bit.trailing_zeros() as usize), span.elem_size as usize);
+                report::double_free(
+                    span.object_addr(word * 64 + bit.trailing_zeros() as usize),
+                    span.elem_size as usize,
+                );
             }
             d.mask |= bit;
             return;

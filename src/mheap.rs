@@ -345,7 +345,7 @@ impl MHeap {
         let page = ArenaMeta::page_of(addr);
         let mut st = self.state.lock();
         // Re-check under the lock: a racing double free finds the entry gone.
-        if meta.spans[page].load(Ordering::Acquire) != span as *mut Span {
+        if !ptr::eq(meta.spans[page].load(Ordering::Acquire), span) {
             drop(st);
             crate::report::invalid_free(addr);
         }
@@ -460,11 +460,7 @@ impl MHeap {
     /// gets `true` per tick).
     pub(crate) fn tick_due(&self, now: u64) -> bool {
         let due = self.next_tick.load(Ordering::Relaxed);
-        now >= due
-            && self
-                .next_tick
-                .compare_exchange(due, now + TICK_MS, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+        now >= due && self.next_tick.compare_exchange(due, now + TICK_MS, Ordering::Relaxed, Ordering::Relaxed).is_ok()
     }
 
     /// Gives free pages back to the OS: all of them (`all`), or those that

@@ -394,7 +394,7 @@ impl Span {
         if off >= self.nelems as usize * self.elem_size as usize {
             return None;
         }
-        let idx = (off as u64 * self.div_magic as u64 >> 32) as usize;
+        let idx = ((off as u64 * self.div_magic as u64) >> 32) as usize;
         if idx * self.elem_size as usize == off { Some(idx) } else { None }
     }
 

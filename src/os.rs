@@ -153,7 +153,7 @@ pub(crate) fn unguard(addr: *mut u8, len: usize) -> bool {
 }
 
 /// Forces later guards to use `mprotect` (tests of the fallback path).
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 pub(crate) fn force_mprotect_guards() {
     GUARD_MADVISE.store(2, Ordering::Relaxed);
 }
@@ -236,4 +236,37 @@ pub(crate) fn abort() -> ! {
 pub(crate) fn thread_id() -> u64 {
     // SAFETY: gettid has no preconditions.
     unsafe { libc::syscall(libc::SYS_gettid) as u64 }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// The permissions `/proc/self/maps` gives the mapping holding `addr`.
+    fn perms(addr: usize) -> String {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        for line in maps.lines() {
+            let (range, rest) = line.split_once(' ').unwrap();
+            let (lo, hi) = range.split_once('-').unwrap();
+            let (lo, hi) = (usize::from_str_radix(lo, 16).unwrap(), usize::from_str_radix(hi, 16).unwrap());
+            if (lo..hi).contains(&addr) {
+                return rest[..4].to_string();
+            }
+        }
+        panic!("{addr:#x} not mapped")
+    }
+
+    #[test]
+    fn guards_fall_back_to_mprotect_which_splits_the_mapping() {
+        let page = page_size();
+        let map = map(3 * page).unwrap();
+        force_mprotect_guards();
+        assert_eq!(guard(unsafe { map.add(page) }, page), Ok(GuardKind::Mprotect));
+        assert_eq!(perms(map as usize + page), "---p");
+        assert_eq!(perms(map as usize), "rw-p");
+        // And back, as huge objects do when they grow.
+        assert!(unguard(unsafe { map.add(page) }, page));
+        assert_eq!(perms(map as usize + page), "rw-p");
+        unmap(map, 3 * page);
+    }
 }

@@ -28,18 +28,16 @@ pub const NUM_CLASSES: usize = 68;
 
 /// Object sizes, from Go's `sizeclasses.go`.
 const SIZES: [u32; NUM_CLASSES] = [
-    0, 8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240, 256, 288, 320,
-    352, 384, 416, 448, 480, 512, 576, 640, 704, 768, 896, 1024, 1152, 1280, 1408, 1536, 1792,
-    2048, 2304, 2688, 3072, 3200, 3456, 4096, 4864, 5376, 6144, 6528, 6784, 6912, 8192, 9472,
-    9728, 10240, 10880, 12288, 13568, 14336, 16384, 18432, 19072, 20480, 21760, 24576, 27264,
-    28672, 32768,
+    0, 8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240, 256, 288, 320, 352, 384, 416, 448,
+    480, 512, 576, 640, 704, 768, 896, 1024, 1152, 1280, 1408, 1536, 1792, 2048, 2304, 2688, 3072, 3200, 3456, 4096,
+    4864, 5376, 6144, 6528, 6784, 6912, 8192, 9472, 9728, 10240, 10880, 12288, 13568, 14336, 16384, 18432, 19072,
+    20480, 21760, 24576, 27264, 28672, 32768,
 ];
 
 /// Pages per span, from Go's `sizeclasses.go`.
 const PAGES: [u8; NUM_CLASSES] = [
-    0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 2, 1, 2, 1, 2, 1, 3, 2, 3, 1, 3, 2, 3, 4, 5, 6, 1, 7, 6, 5, 4, 3, 5, 7, 2, 9, 7, 5, 8,
-    3, 10, 7, 4,
+    0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1, 2,
+    1, 2, 1, 3, 2, 3, 1, 3, 2, 3, 4, 5, 6, 1, 7, 6, 5, 4, 3, 5, 7, 2, 9, 7, 5, 8, 3, 10, 7, 4,
 ];
 
 /// What the allocator needs to know about one size class.
@@ -165,7 +163,7 @@ const _: () = {
     let mut c = 2;
     while c < NUM_CLASSES {
         assert!(SIZES[c] > SIZES[c - 1]);
-        assert!(SIZES[c] % 8 == 0);
+        assert!(SIZES[c].is_multiple_of(8));
         assert!(PAGES[c] >= 1 && PAGES[c] <= 10);
         // Tail waste of every span is at most 1/8 of the span.
         let span = PAGES[c] as u32 * PAGE_SIZE as u32;
@@ -180,8 +178,7 @@ mod tests {
 
     #[test]
     fn every_class_wastes_at_most_an_eighth_of_its_span() {
-        for c in 1..NUM_CLASSES {
-            let info = CLASSES[c];
+        for (c, &info) in CLASSES.iter().enumerate().skip(1) {
             let span = info.pages * PAGE_SIZE as u32;
             let tail = span - info.nelems * info.size;
             assert!(tail * 8 <= span, "class {c}: tail {tail} of {span}");
@@ -239,8 +236,7 @@ mod tests {
 
     #[test]
     fn div_mul_divides_and_tests_divisibility_for_every_window_offset() {
-        for c in 1..NUM_CLASSES {
-            let info = CLASSES[c];
+        for (c, &info) in CLASSES.iter().enumerate().skip(1) {
             let size = info.size as u64;
             for off in 0..64 * size + 1 {
                 let prod = off as u128 * info.div_mul as u128;
@@ -252,8 +248,7 @@ mod tests {
 
     #[test]
     fn div_magic_divides_exactly_for_every_offset_in_a_span() {
-        for c in 1..NUM_CLASSES {
-            let info = CLASSES[c];
+        for (c, &info) in CLASSES.iter().enumerate().skip(1) {
             let span = (info.pages as u64) * PAGE_SIZE as u64;
             for off in 0..span {
                 let q = (off * info.div_magic as u64) >> 32;

@@ -52,8 +52,7 @@ pub(crate) mod unmodelled {
         /// Adds `n`; only the one thread that owns the counter may call this.
         #[inline(always)]
         pub(crate) fn bump(&self, n: u64) {
-            self.0
-                .store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+            self.0.store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
         }
 
         /// Sets the value; only the one thread that owns the counter may
@@ -156,11 +155,7 @@ impl RawLock {
     /// Takes the lock, spinning briefly and then sleeping.
     #[inline]
     pub fn lock(&self) {
-        if self
-            .state
-            .compare_exchange(UNLOCKED, LOCKED, ACQUIRE, Ordering::Relaxed)
-            .is_err()
-        {
+        if self.state.compare_exchange(UNLOCKED, LOCKED, ACQUIRE, Ordering::Relaxed).is_err() {
             self.lock_contended();
         }
     }
@@ -168,9 +163,7 @@ impl RawLock {
     /// Takes the lock if it is free.
     #[inline]
     pub fn try_lock(&self) -> bool {
-        self.state
-            .compare_exchange(UNLOCKED, LOCKED, ACQUIRE, Ordering::Relaxed)
-            .is_ok()
+        self.state.compare_exchange(UNLOCKED, LOCKED, ACQUIRE, Ordering::Relaxed).is_ok()
     }
 
     #[cold]

@@ -31,10 +31,11 @@ fn thousands_of_suspended_coroutines_cost_about_a_page_each_and_all_complete() {
     let mut coroutines = Vec::with_capacity(N);
     let before = rss_kib();
     for i in 0..N {
-        let mut c = Coroutine::with_stack(Stack::new(16 << 10).unwrap(), move |y: &corosensei::Yielder<u64, u64>, x: u64| {
-            let got = y.suspend(x + i as u64);
-            got * 2
-        });
+        let mut c =
+            Coroutine::with_stack(Stack::new(16 << 10).unwrap(), move |y: &corosensei::Yielder<u64, u64>, x: u64| {
+                let got = y.suspend(x + i as u64);
+                got * 2
+            });
         match c.resume(1) {
             CoroutineResult::Yield(v) => assert_eq!(v, 1 + i as u64),
             CoroutineResult::Return(_) => panic!("returned early"),
@@ -149,9 +150,10 @@ fn run(case: &str) -> (Option<i32>, String, String) {
 fn expect_overflow_report(case: &str) {
     let (signal, stderr, range) = run(case);
     assert_eq!(signal, Some(libc::SIGABRT), "{case}: {stderr}");
-    let line = stderr.lines().find(|l| l.starts_with("spanalloc: fatal: coroutine stack overflow")).unwrap_or_else(|| {
-        panic!("{case}: no overflow report in {stderr}")
-    });
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("spanalloc: fatal: coroutine stack overflow"))
+        .unwrap_or_else(|| panic!("{case}: no overflow report in {stderr}"));
     assert!(line.contains(&range), "{case}: report {line:?} does not name the stack {range}");
 }
 

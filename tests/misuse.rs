@@ -34,9 +34,10 @@ fn run_child(case: &str) -> (Option<i32>, String, String) {
 fn expect_abort(case: &str, fault: &str) {
     let (signal, stderr, addr) = run_child(case);
     assert_eq!(signal, Some(libc::SIGABRT), "{case}: child was not aborted; stderr: {stderr}");
-    let line = stderr.lines().find(|l| l.starts_with("spanalloc: fatal:")).unwrap_or_else(|| {
-        panic!("{case}: no spanalloc report; stderr: {stderr}")
-    });
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("spanalloc: fatal:"))
+        .unwrap_or_else(|| panic!("{case}: no spanalloc report; stderr: {stderr}"));
     assert!(line.contains(fault), "{case}: report {line:?} does not say {fault:?}");
     assert!(line.contains(&addr), "{case}: report {line:?} does not name address {addr}");
 }

@@ -86,7 +86,7 @@ fn free(obj: Obj) {
 }
 
 fn worker(id: usize, mailboxes: Arc<Vec<Mutex<Vec<Obj>>>>) -> u64 {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (id as u64 + 1) * 0x2545_f491_4f6c_dd1d);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((id as u64 + 1) * 0x2545_f491_4f6c_dd1d));
     let mut live: Vec<Obj> = Vec::with_capacity(MAX_LIVE);
     let mut remote_frees = 0;
     for op in 0..OPS_PER_THREAD {

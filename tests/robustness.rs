@@ -42,7 +42,7 @@ impl Drop for AllocatesOnDrop {
 static DROPS: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
-    static ON_EXIT: RefCell<AllocatesOnDrop> = RefCell::new(AllocatesOnDrop(Vec::new()));
+    static ON_EXIT: RefCell<AllocatesOnDrop> = const { RefCell::new(AllocatesOnDrop(Vec::new())) };
 }
 
 #[test]

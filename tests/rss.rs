@@ -109,9 +109,7 @@ fn run(case: &str) -> (u64, u64, u64) {
     assert!(out.status.success(), "child failed: {stdout}\n{stderr}");
     let line = stdout.lines().find(|l| l.starts_with("rss ")).expect("child printed no figures");
     eprintln!("{line}\n{stderr}");
-    let num = |k: &str| -> u64 {
-        line.split_whitespace().find_map(|f| f.strip_prefix(k)).unwrap().parse().unwrap()
-    };
+    let num = |k: &str| -> u64 { line.split_whitespace().find_map(|f| f.strip_prefix(k)).unwrap().parse().unwrap() };
     (num("before="), num("peak="), num("after="))
 }
 

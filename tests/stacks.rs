@@ -14,7 +14,9 @@ use spanalloc::stack::{Stack, StackError};
 
 #[test]
 fn sizes_round_up_to_a_class_and_the_guard_sits_below() {
-    for (asked, got) in [(1, 16 << 10), (16 << 10, 16 << 10), (20_000, 32 << 10), (1 << 20, 1 << 20), ((3 << 20) + 1, 4 << 20)] {
+    for (asked, got) in
+        [(1, 16 << 10), (16 << 10, 16 << 10), (20_000, 32 << 10), (1 << 20, 1 << 20), ((3 << 20) + 1, 4 << 20)]
+    {
         let s = Stack::new(asked).unwrap();
         assert_eq!(s.size(), got, "asked {asked}");
         assert_eq!(s.top() - s.bottom(), s.size());
@@ -114,9 +116,7 @@ fn child_entry() {
     loop {
         // Alternate protections so neighbouring mappings cannot merge.
         let prot = if maps % 2 == 0 { libc::PROT_READ } else { libc::PROT_READ | libc::PROT_WRITE };
-        let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), page, prot, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
-        };
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), page, prot, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
         if p == libc::MAP_FAILED {
             break;
         }

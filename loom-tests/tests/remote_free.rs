@@ -38,19 +38,20 @@ fn remote_frees_race_owner_allocating_from_and_releasing_the_span() {
             let y = cache.alloc(l) as usize;
             vec![objs[2], objs[3], x, y]
         });
-        let freer = |heap: Arc<Heap>, rx: loom::sync::mpsc::Receiver<usize>, landed: Option<loom::sync::mpsc::Sender<()>>| {
-            spawn(move || {
-                let p = rx.recv().unwrap();
-                {
-                    let mut cache = heap.cache();
-                    unsafe { cache.dealloc(p as *mut u8, layout(FOUR_PER_SPAN)) };
-                    // Dropping the cache lands the deferred free in the span.
-                }
-                if let Some(landed) = landed {
-                    landed.send(()).unwrap();
-                }
-            })
-        };
+        let freer =
+            |heap: Arc<Heap>, rx: loom::sync::mpsc::Receiver<usize>, landed: Option<loom::sync::mpsc::Sender<()>>| {
+                spawn(move || {
+                    let p = rx.recv().unwrap();
+                    {
+                        let mut cache = heap.cache();
+                        unsafe { cache.dealloc(p as *mut u8, layout(FOUR_PER_SPAN)) };
+                        // Dropping the cache lands the deferred free in the span.
+                    }
+                    if let Some(landed) = landed {
+                        landed.send(()).unwrap();
+                    }
+                })
+            };
         let f1 = freer(heap.clone(), rx1, Some(landed));
         let f2 = freer(heap.clone(), rx2, None);
         let kept = owner.join().unwrap();

@@ -42,8 +42,8 @@ use crate::stats::StackStats;
 #[cfg(not(loom))]
 use crate::sync::unmodelled::Counter;
 
-pub use pool::StackCache;
 use pool::PoolError;
+pub use pool::StackCache;
 #[cfg(not(loom))]
 use pool::{Slot, StackPools};
 
@@ -116,10 +116,10 @@ impl fmt::Display for StackError {
             StackError::TooLarge { size } => write!(f, "spanalloc: a stack of {size} bytes cannot be reserved"),
             StackError::MapLimit { errno } => write!(
                 f,
-                "spanalloc: the kernel refused another memory mapping for a stack (errno {errno}, ENOMEM); \
-                 the process is probably at its vm.max_map_count limit (see /proc/sys/vm/max_map_count; \
-                 raise it with `sysctl vm.max_map_count=...`, or use a kernel with MADV_GUARD_INSTALL, \
-                 Linux 6.13 or later, whose guards need no mappings)"
+                "spanalloc: the kernel refused another memory mapping for a stack (errno {errno}, ENOMEM): \
+                 the process is at its vm.max_map_count limit of mappings (see /proc/sys/vm/max_map_count; \
+                 raise it with `sysctl vm.max_map_count=...`, or use Linux 6.13 or later, whose \
+                 MADV_GUARD_INSTALL guards need no mappings), or out of address space (ulimit -v)"
             ),
             StackError::Os { errno } => write!(f, "spanalloc: the kernel refused a stack (errno {errno})"),
         }
@@ -146,8 +146,8 @@ const NO_ENTRY: usize = usize::MAX;
 impl Stack {
     /// A stack with at least `size` usable bytes (rounded up to a class:
     /// 16 KiB, 32 KiB, ... 8 MiB, or to whole pages above that).
+    #[inline]
     pub fn new(size: usize) -> Result<Stack, StackError> {
-        overflow::install();
         match pool::class_for(size) {
             Some(class) => {
                 let slot = crate::global::with_stack_cache(|cache| POOLS.take(cache, class))?;
@@ -164,6 +164,7 @@ impl Stack {
     /// A stack too large for a slab: a mapping of its own.
     #[cold]
     fn big(size: usize) -> Result<Stack, StackError> {
+        overflow::install();
         let guard = pool::guard_size();
         let size = size.checked_next_multiple_of(os::page_size()).ok_or(StackError::TooLarge { size })?;
         let len = size.checked_add(guard).ok_or(StackError::TooLarge { size })?;
@@ -203,20 +204,29 @@ impl Stack {
 
 #[cfg(not(loom))]
 impl Drop for Stack {
+    #[inline]
     fn drop(&mut self) {
         if self.slab.is_null() {
-            if self.class_or_entry != NO_ENTRY {
-                overflow::unregister(self.class_or_entry);
-            }
-            let len = self.size + pool::guard_size();
-            os::unmap(self.limit as *mut u8, len);
-            BIG_IN_USE.sub_shared(1);
-            BIG_RESERVED.sub_shared(len as u64);
+            self.drop_big();
             return;
         }
         let slot = Slot { addr: self.limit, slab: self.slab };
         let class = self.class_or_entry;
         crate::global::with_stack_cache(|cache| POOLS.give(cache, class, slot));
+    }
+}
+
+#[cfg(not(loom))]
+impl Stack {
+    #[cold]
+    fn drop_big(&mut self) {
+        if self.class_or_entry != NO_ENTRY {
+            overflow::unregister(self.class_or_entry);
+        }
+        let len = self.size + pool::guard_size();
+        os::unmap(self.limit as *mut u8, len);
+        BIG_IN_USE.sub_shared(1);
+        BIG_RESERVED.sub_shared(len as u64);
     }
 }
 
@@ -233,15 +243,15 @@ pub fn set_resident_keep(bytes: usize) {
 /// of stacks the thread caches hold.
 pub(crate) fn stats(cached_in_threads: u64) -> StackStats {
     let c = &POOLS.counters;
-    let pooled = c.pooled.get() + cached_in_threads;
+    let pooled = POOLS.pooled() + cached_in_threads;
     let mut resident = 0u64;
     POOLS.for_each_slab(|base, len| resident += resident_bytes(base, len));
     StackStats {
-        in_use: c.created.get().saturating_sub(pooled) + BIG_IN_USE.get(),
+        in_use: POOLS.created().saturating_sub(pooled) + BIG_IN_USE.get(),
         cached: pooled,
         reserved_bytes: c.reserved.get() + BIG_RESERVED.get(),
         resident_bytes: resident,
-        created: c.created.get(),
+        created: POOLS.created(),
     }
 }
 
@@ -287,10 +297,11 @@ unsafe impl corosensei::stack::Stack for Stack {
 }
 
 #[cfg(not(loom))]
-/// The calling thread's stack-cache set-up: the overflow handler's
-/// alternate stack, if the thread has none. Returns the mapping to free at
-/// thread exit.
+/// The calling thread's stack-cache set-up: the overflow handler (once per
+/// process) and its alternate stack, if the thread has none. Returns the
+/// mapping to free at thread exit.
 pub(crate) fn thread_setup() -> usize {
+    overflow::install();
     overflow::ensure_altstack()
 }
 

@@ -73,8 +73,7 @@ pub(crate) fn register_single(base: usize, guard: usize, stack: usize) -> usize 
     // Reuse an entry `unregister` marked free (its `stride` is usize::MAX),
     // else take a new one.
     let scan = USED.load(Ordering::Acquire).min(REGIONS);
-    for i in 0..scan {
-        let e = &TABLE[i];
+    for (i, e) in TABLE[..scan].iter().enumerate() {
         if e.len.load(Ordering::Relaxed) == 0
             && e.stride.compare_exchange(usize::MAX, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok()
         {

@@ -89,6 +89,7 @@ pub const fn class_size(class: usize) -> usize {
 
 /// The class for a stack of at least `size` usable bytes, or `None` when it
 /// is larger than the largest class.
+#[inline]
 pub(crate) fn class_for(size: usize) -> Option<usize> {
     let rounded = size.max(1 << MIN_SHIFT).checked_next_power_of_two()?;
     let shift = rounded.trailing_zeros();
@@ -114,6 +115,10 @@ pub struct Slab {
     ncold: usize,
     /// Next slab of the class.
     next: *mut Slab,
+    /// Next slab on the class's list of slabs with cold slots.
+    next_cold: *mut Slab,
+    /// On that list.
+    listed_cold: bool,
 }
 
 /// A free stack: its slot's address and its slab.
@@ -136,6 +141,11 @@ struct ClassPool {
     nwarm: usize,
     /// Slabs, newest first.
     slabs: *mut Slab,
+    /// Slabs with cold slots (a slab may stay listed after its last cold
+    /// slot is taken; it is dropped from the list when found so).
+    cold: *mut Slab,
+    /// The slab whose slots are being carved (the newest).
+    carving: *mut Slab,
 }
 
 // SAFETY: only reached under the class's lock.
@@ -199,11 +209,11 @@ impl StackPools {
     }
 
     /// A stack of `class` for `cache`'s thread.
+    #[inline]
     pub fn take(&self, cache: &mut StackCache, class: usize) -> Result<Slot, PoolError> {
         let c = &mut cache.classes[class];
         if c.n == 0 {
-            self.refill(c, class)?;
-            cache.held += cache.classes[class].n;
+            self.refill_cache(cache, class)?;
         }
         let c = &mut cache.classes[class];
         c.n -= 1;
@@ -211,20 +221,34 @@ impl StackPools {
         Ok(c.slots[c.n])
     }
 
+    #[cold]
+    #[inline(never)]
+    fn refill_cache(&self, cache: &mut StackCache, class: usize) -> Result<(), PoolError> {
+        self.refill(&mut cache.classes[class], class)?;
+        cache.held += cache.classes[class].n;
+        Ok(())
+    }
+
     /// Takes back a stack of `class` into `cache`.
+    #[inline]
     pub fn give(&self, cache: &mut StackCache, class: usize, slot: Slot) {
         if class as u32 + MIN_SHIFT > RELEASE_ON_DROP_SHIFT {
             self.release_below_keep(class, slot);
         }
-        let c = &mut cache.classes[class];
-        if c.n == cache_cap(class) {
-            self.drain(c, class, cache_cap(class) / 2);
-            cache.held -= cache_cap(class) / 2;
+        if cache.classes[class].n == cache_cap(class) {
+            self.drain_cache(cache, class);
         }
         let c = &mut cache.classes[class];
         c.slots[c.n] = slot;
         c.n += 1;
         cache.held += 1;
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn drain_cache(&self, cache: &mut StackCache, class: usize) {
+        self.drain(&mut cache.classes[class], class, cache_cap(class) / 2);
+        cache.held -= cache_cap(class) / 2;
     }
 
     /// Gives every cached stack back to the pools (thread exit).
@@ -293,7 +317,7 @@ impl StackPools {
                 pool.warm[i] = slot;
                 pool.nwarm += 1;
             } else {
-                Self::make_cold(class, slot);
+                Self::make_cold(&mut pool, class, slot);
             }
         }
     }
@@ -308,42 +332,48 @@ impl StackPools {
     }
 
     /// Gives back every page of a stack and marks its slot cold.
-    fn make_cold(class: usize, slot: Slot) {
+    fn make_cold(pool: &mut ClassPool, class: usize, slot: Slot) {
         os::release((slot.addr + guard_size()) as *mut u8, class_size(class));
         // SAFETY: the slab outlives its slots; under the class's lock.
         let slab = unsafe { &mut *slot.slab };
         let i = (slot.addr - slab.base) / slab.stride;
         slab.cold[i / 64] |= 1 << (i % 64);
         slab.ncold += 1;
+        if !slab.listed_cold {
+            slab.listed_cold = true;
+            slab.next_cold = pool.cold;
+            pool.cold = slab;
+        }
     }
 
-    /// A cold slot, else a newly carved one, else one of a new slab.
+    /// A cold slot, else a newly carved one, else one of a new slab. Each
+    /// is found in constant time (the slab count can be large).
     fn take_cold(&self, pool: &mut ClassPool, class: usize) -> Result<Slot, PoolError> {
-        let mut at = pool.slabs;
         // SAFETY: listed slabs are live; under the class's lock.
-        while let Some(slab) = unsafe { at.as_mut() } {
-            if slab.ncold > 0 {
-                let w = slab.cold.iter().position(|&w| w != 0).unwrap_or(0);
-                let b = slab.cold[w].trailing_zeros() as usize;
-                slab.cold[w] &= !(1 << b);
-                slab.ncold -= 1;
-                return Ok(Slot { addr: slab.base + (w * 64 + b) * slab.stride, slab });
+        while let Some(slab) = unsafe { pool.cold.as_mut() } {
+            if slab.ncold == 0 {
+                pool.cold = slab.next_cold;
+                slab.listed_cold = false;
+                continue;
             }
-            at = slab.next;
+            let w = slab.cold.iter().position(|&w| w != 0).unwrap_or(0);
+            let b = slab.cold[w].trailing_zeros() as usize;
+            slab.cold[w] &= !(1 << b);
+            slab.ncold -= 1;
+            return Ok(Slot { addr: slab.base + (w * 64 + b) * slab.stride, slab });
         }
-        let mut at = pool.slabs;
         // SAFETY: as above.
-        while let Some(slab) = unsafe { at.as_mut() } {
-            if slab.carved < slab.nslots {
-                return Self::carve(slab);
-            }
-            at = slab.next;
+        if let Some(slab) = unsafe { pool.carving.as_mut() }
+            && slab.carved < slab.nslots
+        {
+            return Self::carve(slab);
         }
         let slab = self.new_slab(class)?;
         // SAFETY: a fresh record, ours under the class's lock.
         unsafe {
             (*slab).next = pool.slabs;
             pool.slabs = slab;
+            pool.carving = slab;
             Self::carve(&mut *slab)
         }
     }
@@ -377,6 +407,8 @@ impl StackPools {
                 cold: [0; MAX_SLOTS / 64],
                 ncold: 0,
                 next: ptr::null_mut(),
+                next_cold: ptr::null_mut(),
+                listed_cold: false,
             });
         }
         overflow::register_slab(base as usize, len, stride, guard_size(), class_size(class));
@@ -436,12 +468,28 @@ impl StackPools {
 
 #[cfg(not(loom))]
 const fn new_classes() -> [Mutex<ClassPool>; NUM_CLASSES] {
-    [const { Mutex::new(ClassPool { warm: [NO_SLOT; WARM_CAP], nwarm: 0, slabs: ptr::null_mut() }) }; NUM_CLASSES]
+    [const {
+        Mutex::new(ClassPool {
+            warm: [NO_SLOT; WARM_CAP],
+            nwarm: 0,
+            slabs: ptr::null_mut(),
+            cold: ptr::null_mut(),
+            carving: ptr::null_mut(),
+        })
+    }; NUM_CLASSES]
 }
 
 #[cfg(loom)]
 fn new_classes() -> [Mutex<ClassPool>; NUM_CLASSES] {
-    core::array::from_fn(|_| Mutex::new(ClassPool { warm: [NO_SLOT; WARM_CAP], nwarm: 0, slabs: ptr::null_mut() }))
+    core::array::from_fn(|_| {
+        Mutex::new(ClassPool {
+            warm: [NO_SLOT; WARM_CAP],
+            nwarm: 0,
+            slabs: ptr::null_mut(),
+            cold: ptr::null_mut(),
+            carving: ptr::null_mut(),
+        })
+    })
 }
 
 /// One class of a thread's stack cache.
