@@ -406,7 +406,47 @@ fn next_bit(bits: &[u64], from: usize, to: usize, want: bool) -> usize {
 impl PageState {
     /// First run of `n` free pages whose first page is a multiple of
     /// `align` pages, lowest address first.
+    ///
+    /// Unaligned runs are found a bitmap word at a time, whatever the
+    /// fragmentation: a run carried over from the words below, a run inside
+    /// the word (shift-and doubling: bit `i` survives when pages `i..i+n`
+    /// are all free), and the free top of the word carried up.
     pub(crate) fn find_run(&self, n: usize, align: usize) -> Option<usize> {
+        if align > 1 {
+            return self.find_aligned_run(n, align);
+        }
+        let mut carried = 0;
+        for w in FIRST_PAGE / 64..self.grown.div_ceil(64) {
+            let word = self.free[w] & word_mask(w, FIRST_PAGE, self.grown);
+            if word == !0 {
+                carried += 64;
+                if carried >= n {
+                    return Some(w * 64 + 64 - carried);
+                }
+                continue;
+            }
+            if carried + (!word).trailing_zeros() as usize >= n {
+                return Some(w * 64 - carried);
+            }
+            if n < 64 {
+                let mut x = word;
+                let mut have = 1;
+                while have < n && x != 0 {
+                    let k = have.min(n - have);
+                    x &= x >> k;
+                    have += k;
+                }
+                if x != 0 {
+                    return Some(w * 64 + x.trailing_zeros() as usize);
+                }
+            }
+            carried = (!word).leading_zeros() as usize;
+        }
+        None
+    }
+
+    /// [`PageState::find_run`] with an alignment: run by run.
+    fn find_aligned_run(&self, n: usize, align: usize) -> Option<usize> {
         let mut i = FIRST_PAGE;
         while i < self.grown {
             let start = next_bit(&self.free, i, self.grown, true);
@@ -560,6 +600,32 @@ mod tests {
         assert_eq!(s.grow(1), 0);
         assert!(s.find_run(END_PAGE - FIRST_PAGE, 1).is_some());
         assert!(s.find_run(END_PAGE - FIRST_PAGE + 1, 1).is_none());
+    }
+
+    #[test]
+    fn word_scan_finds_the_first_fit_in_a_fragmented_arena() {
+        let mut s = state();
+        s.grow(GROW_PAGES * 4);
+        let total = s.grown - FIRST_PAGE;
+        s.take(FIRST_PAGE, total);
+        // Free runs of every length 1..70 separated by one used page; the
+        // first fit for n is the first run of length >= n.
+        let mut runs = Vec::new();
+        let mut at = FIRST_PAGE + 1;
+        for len in 1..70 {
+            if at + len >= s.grown {
+                break;
+            }
+            s.put(at, len);
+            runs.push((at, len));
+            at += len + 1;
+        }
+        for n in 1..70 {
+            let want = runs.iter().find(|&&(_, len)| len >= n).map(|&(start, _)| start);
+            assert_eq!(s.find_run(n, 1), want, "n = {n}");
+            // The slow search agrees.
+            assert_eq!(s.find_aligned_run(n, 1), want, "n = {n}");
+        }
     }
 
     #[test]

@@ -130,6 +130,12 @@ struct Spare {
     free_tail: *mut Span,
     /// The class refilled since the last trim.
     active: bool,
+    /// The owned span (not the current one) the cache last freed into, and
+    /// the bytes its objects cover from `alt_base`: the next frees into it
+    /// need no lookup. Frees in allocation order hit it object after object.
+    alt: *const Span,
+    alt_base: usize,
+    alt_bytes: usize,
 }
 
 const NO_SPARE: Spare = Spare {
@@ -138,6 +144,9 @@ const NO_SPARE: Spare = Spare {
     free: ptr::null_mut(),
     free_tail: ptr::null_mut(),
     active: false,
+    alt: ptr::null(),
+    alt_base: 0,
+    alt_bytes: 0,
 };
 
 /// What a cache is, for the slow paths.
@@ -306,6 +315,33 @@ impl CacheCore {
                 return;
             }
         }
+        self.dealloc_outside_window(heap, stats, class, addr)
+    }
+
+    /// A free outside the window: perhaps into the span we last freed into
+    /// (frees in allocation order land there object after object). No
+    /// lookup, no atomics: that span is ours, and on our queue of spans with
+    /// free objects already. Anything else goes to the slow path.
+    #[inline(never)]
+    fn dealloc_outside_window(&mut self, heap: &Heap, stats: &CacheStats, class: usize, addr: usize) {
+        // SAFETY: classes are below NUM_CLASSES.
+        let div = unsafe { self.classes.get_unchecked(class) }.div;
+        // SAFETY: as above.
+        let sp = unsafe { self.spare.get_unchecked_mut(class) };
+        let off = addr.wrapping_sub(sp.alt_base);
+        if off < sp.alt_bytes {
+            let prod = off as u128 * div as u128;
+            // SAFETY: `alt` is a live span of ours while it is set.
+            if (prod as u64) < div && unsafe { &*sp.alt }.free_one((prod >> 64) as usize) {
+                // SAFETY: as above.
+                unsafe { stats.classes.get_unchecked(class) }.frees.bump(1);
+                self.slow_frees += 1;
+                if self.slow_frees >= 16 {
+                    self.every_16_slow_frees(heap, stats);
+                }
+                return;
+            }
+        }
         self.dealloc_slow(heap, stats, class, addr)
     }
 
@@ -385,6 +421,9 @@ impl CacheCore {
             let owned = core::mem::replace(&mut spare.owned, ptr::null_mut());
             spare.free = ptr::null_mut();
             spare.free_tail = ptr::null_mut();
+            spare.alt = ptr::null();
+            spare.alt_base = 0;
+            spare.alt_bytes = 0;
             if !owned.is_null() {
                 let mut at = owned;
                 // SAFETY: listed spans are live and ours.
@@ -523,6 +562,7 @@ impl CacheCore {
             let next = match self.pop_free(class) {
                 Some(span) => {
                     self.unlink_owned(class, span);
+                    self.forget_alt(class, span);
                     span as *const Span as *mut Span
                 }
                 None => {
@@ -586,8 +626,20 @@ impl CacheCore {
 
     /// Gives a span the cache owns to its mcentral.
     fn uncache(&mut self, heap: &Heap, class: usize, span: &Span) {
+        self.forget_alt(class, span);
         self.owned_pages -= span.npages;
         heap.central[class].uncache_span(heap, span);
+    }
+
+    /// Stops remembering `span` for frees (it leaves the cache, or becomes
+    /// the current span, whose window the fast path serves).
+    fn forget_alt(&mut self, class: usize, span: &Span) {
+        let sp = &mut self.spare[class];
+        if ptr::eq(sp.alt, span) {
+            sp.alt = ptr::null();
+            sp.alt_base = 0;
+            sp.alt_bytes = 0;
+        }
     }
 
     // The spans of a class the cache owns besides the current one: a list of
@@ -630,6 +682,7 @@ impl CacheCore {
 
     /// Puts an owned span at the end of the queue of those with free
     /// objects (once).
+    #[inline]
     fn push_free(&mut self, class: usize, span: &Span) {
         let queued = span.with_owned(|o, _| {
             if o.has_free {
@@ -713,8 +766,8 @@ impl CacheCore {
             report::interior_free(addr, span.elem_size as usize);
         };
         let (w, bit) = (idx / 64, 1u64 << (idx % 64));
-        stats.classes[class].frees.bump(1);
         if ptr::eq(span, self.classes[class].span) {
+            stats.classes[class].frees.bump(1);
             // Our current span. In the window, the fast path only refuses a
             // free object; elsewhere the bitmap tells.
             if w == self.classes[class].window || span.give_back(w, bit) != 0 {
@@ -725,29 +778,54 @@ impl CacheCore {
         let state = span.state.load(Ordering::Relaxed);
         if Span::owned_by_cache(state, self.index) {
             // One of our other spans: no atomics.
-            if span.give_back(w, bit) != 0 {
-                report::double_free(addr, span.elem_size as usize);
-            }
-            self.push_free(class, span);
-        } else if self.index != 0 && state & CENTRAL != 0 && heap.central[class].adopt(heap, span, self.index) {
+            return self.free_into_owned(heap, stats, class, span, idx);
+        }
+        if self.index != 0 && state & CENTRAL != 0 && heap.central[class].adopt(heap, span, self.index) {
             // A span nobody holds (its thread exited, say): take it, so our
             // next frees into it are local and its objects serve us.
             self.owned_pages += span.npages;
-            if span.give_back(w, bit) != 0 {
-                report::double_free(addr, span.elem_size as usize);
-            }
             self.link_owned(class, span);
-            self.push_free(class, span);
-        } else {
-            self.defer_free(heap, class, span, w, bit);
+            return self.free_into_owned(heap, stats, class, span, idx);
         }
-        // A thread that frees much and allocates little still trims.
+        self.defer_free(heap, class, span, w, bit);
+        stats.classes[class].frees.bump(1);
+        self.count_slow_free(heap, stats);
+    }
+
+    /// Frees object `idx` of `span`, one of the cache's spans other than the
+    /// current one, and remembers the span for the next free.
+    #[inline(always)]
+    fn free_into_owned(&mut self, heap: &Heap, stats: &CacheStats, class: usize, span: &Span, idx: usize) {
+        if !span.free_one(idx) {
+            report::double_free(span.object_addr(idx), span.elem_size as usize);
+        }
+        self.push_free(class, span);
+        let sp = &mut self.spare[class];
+        if !ptr::eq(sp.alt, span) {
+            sp.alt = span;
+            sp.alt_base = span.base;
+            sp.alt_bytes = span.nelems as usize * span.elem_size as usize;
+        }
+        stats.classes[class].frees.bump(1);
+        self.count_slow_free(heap, stats);
+    }
+
+    /// Counts a slow-path free; every so many, looks at the clock for a
+    /// trim, so a thread that frees much and allocates little still trims.
+    #[inline]
+    fn count_slow_free(&mut self, heap: &Heap, stats: &CacheStats) {
         self.slow_frees += 1;
         if self.slow_frees >= 16 {
-            self.slow_frees = 0;
-            self.maybe_trim(heap, 0);
-            self.publish(stats);
+            self.every_16_slow_frees(heap, stats);
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn every_16_slow_frees(&mut self, heap: &Heap, stats: &CacheStats) {
+        self.slow_frees = 0;
+        self.maybe_trim(heap, 0);
+        self.publish(stats);
     }
 
     /// Publishes the pages the cache owns, for `stats()`.

@@ -459,6 +459,29 @@ impl Span {
         })
     }
 
+    /// Frees object `idx` in the owner's view; returns false (and changes
+    /// nothing) if it is already free. The one-object [`Span::give_back`] of
+    /// the free path: no slice, no bounds check (`idx < nelems`).
+    #[inline]
+    pub(crate) fn free_one(&self, idx: usize) -> bool {
+        debug_assert!(idx < self.nelems as usize);
+        let (word, bit) = (idx / 64, 1u64 << (idx % 64));
+        let bits = self.free_bits;
+        self.owned.with_mut(|o| {
+            // SAFETY: the caller owns the span; idx < nelems, so the word is
+            // inside the bitmap.
+            unsafe {
+                let w = bits.add(word);
+                if *w & bit != 0 {
+                    return false;
+                }
+                *w |= bit;
+                (*o).nfree += 1;
+                true
+            }
+        })
+    }
+
     /// Merges the remote frees into the owner's bitmap. Returns how many
     /// objects it merged. Aborts on an object freed twice.
     pub(crate) fn collect(&self) -> u32 {
