@@ -105,15 +105,19 @@ impl ClassCache {
 }
 
 /// Frees into one bitmap word of a span the cache does not own, not yet
-/// landed in the span.
+/// landed in the span. While some are held the span cannot go away, so its
+/// range (`base`, `bytes`) identifies the next frees into it without a
+/// lookup.
 #[derive(Clone, Copy)]
 struct Deferred {
     span: *mut Span,
     word: usize,
     mask: u64,
+    base: usize,
+    bytes: usize,
 }
 
-const NO_DEFERRED: Deferred = Deferred { span: ptr::null_mut(), word: 0, mask: 0 };
+const NO_DEFERRED: Deferred = Deferred { span: ptr::null_mut(), word: 0, mask: 0, base: 0, bytes: 0 };
 
 /// What a cache holds for a class besides its current span (slow paths only).
 #[derive(Clone, Copy)]
@@ -339,6 +343,21 @@ impl CacheCore {
                 if self.slow_frees >= 16 {
                     self.every_16_slow_frees(heap, stats);
                 }
+                return;
+            }
+        }
+        // Or into the span our deferred frees are for: a consumer freeing a
+        // producer's objects in order lands here.
+        let d = &mut sp.deferred;
+        let off = addr.wrapping_sub(d.base);
+        if off < d.bytes {
+            let prod = off as u128 * div as u128;
+            let idx = (prod >> 64) as usize;
+            let bit = 1u64 << (idx % 64);
+            if (prod as u64) < div && idx / 64 == d.word && d.mask & bit == 0 {
+                d.mask |= bit;
+                // SAFETY: as above.
+                unsafe { stats.classes.get_unchecked(class) }.frees.bump(1);
                 return;
             }
         }
@@ -847,7 +866,13 @@ impl CacheCore {
             return;
         }
         self.land_deferred(heap, class);
-        self.spare[class].deferred = Deferred { span: span as *const Span as *mut Span, word, mask: bit };
+        self.spare[class].deferred = Deferred {
+            span: span as *const Span as *mut Span,
+            word,
+            mask: bit,
+            base: span.base,
+            bytes: span.nelems as usize * span.elem_size as usize,
+        };
     }
 
     /// Lands the deferred frees of `class` in their span.
