@@ -472,9 +472,10 @@ fn larson_lineage<A: GlobalAlloc + Sync + 'static>(
     }
 }
 
-/// Starts a detached larson thread (small stack: the work needs little).
+/// Starts a detached larson thread (a small stack, but room for the C
+/// allocators built without optimisation in test runs).
 fn larson_spawn(f: impl FnOnce() + Send + 'static) {
-    if thread::Builder::new().stack_size(64 << 10).spawn(f).is_err() {
+    if thread::Builder::new().stack_size(512 << 10).spawn(f).is_err() {
         eprintln!("alloc benchmark: cannot spawn a larson thread");
         std::process::abort();
     }

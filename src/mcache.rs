@@ -1,4 +1,4 @@
-//! mcache: one thread's cache of spans, one span per size class.
+//! mcache: one thread's cache of spans.
 //!
 //! Go gives each P an mcache; a Rust global allocator has no P, so each
 //! thread that allocates owns one, in a thread-local (see
@@ -7,29 +7,47 @@
 //!
 //! # The fast paths
 //!
-//! For each size class the cache holds one span and, out of that span's
-//! free bitmap, one *window*: a 64-bit mask of free objects (Go's
-//! `allocCache`). Allocation takes the lowest set bit (`tzcnt`, then
-//! `blsr`); a free of an object in the window sets its bit again. Both
-//! paths touch only the thread's own cache line for the class: no lock, no
-//! atomic read-modify-write, no load from the span or from the object.
+//! For each size class the cache holds a current span and, out of that
+//! span's free bitmap, one *window*: a 64-bit mask of free objects (Go's
+//! `allocCache`), plus a `last` slot for the object freed last. Allocation
+//! takes `last`, or the lowest set bit of the window (`tzcnt`, then `blsr`);
+//! a free of an object in the window fills `last` or sets its bit again.
+//! Both paths touch only the thread's own cache line for the class: no lock,
+//! no atomic read-modify-write, no load from the span or from the object.
 //!
 //! A free also checks, at the cost of a multiply and a compare, that the
 //! pointer is the start of an object and that the object is not already
-//! free; anything else takes the slow path, which tells double frees and
+//! free; anything else goes on, and the slow path tells double frees and
 //! foreign pointers apart and reports them.
+//!
+//! # Outside the window
+//!
+//! Two per-class memories make the commonest frees outside the window cheap
+//! (`dealloc_outside_window`, no lookup of the pointer's span):
+//!
+//! - the span the cache last freed into, if it owns it: frees in allocation
+//!   order land there object after object, a bit set in its bitmap;
+//! - the span its *deferred* frees are for (below): a consumer freeing a
+//!   producer's objects in order adds them to the deferred word.
 //!
 //! # The slow paths
 //!
 //! - **refill**: when the window is empty, take the next word of the span's
-//!   bitmap; then merge frees other threads made into the span; then give
-//!   the span back to its mcentral and take another.
-//! - **free outside the window**: into another word of our span, directly;
-//!   into any other span, through a per-class *deferred free* slot that
-//!   collects frees of one bitmap word and lands them in the span's remote
-//!   bitmap in one `fetch_or` (see [`crate::mspan`]). A program that frees
-//!   in allocation order, or a consumer thread freeing a producer's objects,
-//!   pays one atomic per 64 objects.
+//!   bitmap; then merge frees other threads made into the span; then put
+//!   the span aside and take the oldest of the cache's other spans with free
+//!   objects; then a span from the mcentral (or a fresh one from the mheap).
+//! - **free into a span the cache owns** (its current span, or one put
+//!   aside): a bit in its bitmap, no atomics; a span put aside goes on the
+//!   queue of spans with free objects.
+//! - **free into a span the mcentral owns**: the cache adopts the span (one
+//!   lock), so its next frees into it are local.
+//! - **free into another cache's span**: through a per-class *deferred free*
+//!   slot that collects frees of one bitmap word and lands them in the
+//!   span's remote bitmap in one `fetch_or` (see [`crate::mspan`]); the
+//!   owner hears of it through its notify stack. A consumer thread freeing a
+//!   producer's objects pays one atomic per 64 objects.
+//! - **trim**, at most once per scavenger tick: spans whose objects are all
+//!   free go back to the mcentral (one kept per busy class).
 //!
 //! Frees never migrate objects between caches: an object always goes back
 //! to its own span, so producer / consumer programs stay bounded and threads
