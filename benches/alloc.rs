@@ -47,6 +47,10 @@ use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
 use criterion::{Bencher, BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
+use support::Rng;
+
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 static SPANALLOC: spanalloc::SpanAlloc = spanalloc::SpanAlloc;
 static SYSTEM: System = System;
@@ -153,31 +157,6 @@ unsafe fn free_sized<A: GlobalAlloc>(a: &A, addr: usize) {
         let size = p.cast::<usize>().read();
         p.add(size / 2).write(2);
         dealloc(a, p, layout(size));
-    }
-}
-
-/// xorshift64: fast, seeded, good enough to pick sizes and slots.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng((seed + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    #[inline(always)]
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// Uniform in `0..n`.
-    #[inline(always)]
-    fn below(&mut self, n: u64) -> u64 {
-        ((self.next() as u128 * n as u128) >> 64) as u64
     }
 }
 

@@ -42,6 +42,9 @@ use corosensei::{Coroutine, CoroutineResult, Yielder};
 use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
 use spanalloc::stack::Stack;
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 /// The coroutine stack size of every group but `stack_get_drop/256KiB`.
 const SMALL: usize = 16 << 10;
 /// Coroutines suspended at once in `suspended_coroutines`.
@@ -139,13 +142,7 @@ fn suspend_many<S: corosensei::stack::Stack + 'static>(n: usize, mut stack: impl
 
 /// `VmRSS` of this process, in bytes.
 fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/self/status");
-    kib * 1024
+    support::rss_kib() * 1024
 }
 
 /// Resident bytes per suspended coroutine: the growth of `VmRSS` while `n`

@@ -16,18 +16,15 @@ use std::time::Instant;
 use corosensei::{Coroutine, CoroutineResult, Yielder};
 use spanalloc::stack::Stack;
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 #[global_allocator]
 static A: spanalloc::SpanAlloc = spanalloc::SpanAlloc;
 
 /// `VmRSS` of this process, in bytes.
 fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/self/status");
-    kib * 1024
+    support::rss_kib() * 1024
 }
 
 fn main() {

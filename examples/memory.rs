@@ -35,6 +35,11 @@ use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use support::Rng;
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 static SPANALLOC: spanalloc::SpanAlloc = spanalloc::SpanAlloc;
 static SYSTEM: System = System;
 static MIMALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -97,29 +102,6 @@ fn null_from<A>(size: usize) -> ! {
 
 fn layout(size: usize) -> Layout {
     Layout::from_size_align(size, 8).expect("layout size")
-}
-
-/// xorshift64, seeded.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng((seed + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// Uniform in `0..n`.
-    fn below(&mut self, n: u64) -> u64 {
-        ((self.next() as u128 * n as u128) >> 64) as u64
-    }
 }
 
 /// Allocates `size >= 16` bytes, writes all of them (so every page is

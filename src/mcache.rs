@@ -683,38 +683,14 @@ impl CacheCore {
     // them all, and a stack of those with free objects.
 
     fn link_owned(&mut self, class: usize, span: &Span) {
-        let head = self.spare[class].owned;
-        span.with_owned(|o, _| {
-            o.prev = ptr::null_mut();
-            o.next = head;
-            o.list = ListId::Cache;
-            o.has_free = false;
-        });
-        // SAFETY: listed spans are live and ours.
-        if let Some(h) = unsafe { head.as_ref() } {
-            h.with_owned(|o, _| o.prev = span as *const Span as *mut Span);
-        }
-        self.spare[class].owned = span as *const Span as *mut Span;
+        span.link_front(&mut self.spare[class].owned, ListId::Cache);
+        span.with_owned(|o, _| o.has_free = false);
     }
 
     /// Takes `span` off the owned list (it may still be on the free stack:
     /// callers either pop it from there or rebuild the stack).
     fn unlink_owned(&mut self, class: usize, span: &Span) {
-        let (prev, next) = span.with_owned(|o, _| {
-            let links = (o.prev, o.next);
-            o.prev = ptr::null_mut();
-            o.next = ptr::null_mut();
-            o.list = ListId::None;
-            links
-        });
-        // SAFETY: listed spans are live and ours.
-        match unsafe { prev.as_ref() } {
-            Some(p) => p.with_owned(|o, _| o.next = next),
-            None => self.spare[class].owned = next,
-        }
-        if let Some(n) = unsafe { next.as_ref() } {
-            n.with_owned(|o, _| o.prev = prev);
-        }
+        span.unlink(&mut self.spare[class].owned);
     }
 
     /// Puts an owned span at the end of the queue of those with free

@@ -75,36 +75,13 @@ impl SpanList {
 
     /// Pushes `span` (owned by the lock holder) at the front.
     fn push(&mut self, span: &Span, id: ListId) {
-        let head = self.head;
-        span.with_owned(|o, _| {
-            o.prev = ptr::null_mut();
-            o.next = head;
-            o.list = id;
-        });
-        if let Some(h) = unsafe { head.as_ref() } {
-            h.with_owned(|o, _| o.prev = span as *const Span as *mut Span);
-        }
-        self.head = span as *const Span as *mut Span;
+        span.link_front(&mut self.head, id);
         self.len += 1;
     }
 
     /// Unlinks `span`, which is on this list.
     fn remove(&mut self, span: &Span) {
-        let (prev, next) = span.with_owned(|o, _| {
-            let links = (o.prev, o.next);
-            o.prev = ptr::null_mut();
-            o.next = ptr::null_mut();
-            o.list = ListId::None;
-            links
-        });
-        // SAFETY: list members are live records owned by the lock holder.
-        match unsafe { prev.as_ref() } {
-            Some(p) => p.with_owned(|o, _| o.next = next),
-            None => self.head = next,
-        }
-        if let Some(n) = unsafe { next.as_ref() } {
-            n.with_owned(|o, _| o.prev = prev);
-        }
+        span.unlink(&mut self.head);
         self.len -= 1;
     }
 

@@ -408,6 +408,44 @@ impl Span {
     // The owner view. Callers must own the span (be its mcache, or hold its
     // mcentral's lock while the mcentral owns it).
 
+    /// Pushes the span (owned by the caller) at the front of the intrusive
+    /// list `head` (through `Owned::prev` / `next`), marked as on list `id`.
+    pub(crate) fn link_front(&self, head: &mut *mut Span, id: ListId) {
+        let old = *head;
+        self.with_owned(|o, _| {
+            o.prev = ptr::null_mut();
+            o.next = old;
+            o.list = id;
+        });
+        let me = self as *const Span as *mut Span;
+        // SAFETY: list members are live records owned by the caller.
+        if let Some(h) = unsafe { old.as_ref() } {
+            h.with_owned(|o, _| o.prev = me);
+        }
+        *head = me;
+    }
+
+    /// Takes the span (owned by the caller) off the intrusive list `head`
+    /// it is on.
+    pub(crate) fn unlink(&self, head: &mut *mut Span) {
+        let (prev, next) = self.with_owned(|o, _| {
+            let links = (o.prev, o.next);
+            o.prev = ptr::null_mut();
+            o.next = ptr::null_mut();
+            o.list = ListId::None;
+            links
+        });
+        // SAFETY: list members are live records owned by the caller.
+        match unsafe { prev.as_ref() } {
+            Some(p) => p.with_owned(|o, _| o.next = next),
+            None => *head = next,
+        }
+        // SAFETY: as above.
+        if let Some(n) = unsafe { next.as_ref() } {
+            n.with_owned(|o, _| o.prev = prev);
+        }
+    }
+
     /// Runs `f` on the owner view and the free bitmap.
     #[inline]
     pub(crate) fn with_owned<R>(&self, f: impl FnOnce(&mut Owned, &mut [u64]) -> R) -> R {

@@ -9,19 +9,12 @@
 static A: spanalloc::SpanAlloc = spanalloc::SpanAlloc;
 
 use std::os::unix::process::ExitStatusExt;
-use std::process::Command;
 
 use corosensei::{Coroutine, CoroutineResult};
 use spanalloc::stack::Stack;
+use support::{rss_kib, run_child};
 
-fn rss_kib() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
+mod support;
 
 #[test]
 fn thousands_of_suspended_coroutines_cost_about_a_page_each_and_all_complete() {
@@ -133,11 +126,7 @@ fn child_entry() {
 }
 
 fn run(case: &str) -> (Option<i32>, String, String) {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
-        .env(CASE_VAR, case)
-        .output()
-        .unwrap();
+    let out = run_child(CASE_VAR, case);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let range = stdout
         .lines()

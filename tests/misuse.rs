@@ -8,18 +8,16 @@ static A: spanalloc::SpanAlloc = spanalloc::SpanAlloc;
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::os::unix::process::ExitStatusExt;
-use std::process::Command;
+use support::run_child;
+
+mod support;
 
 const CASE_VAR: &str = "SPANALLOC_MISUSE_CASE";
 
 /// Runs `case` in a child and returns (signal, stderr, the address the
 /// child reported it would misuse).
-fn run_child(case: &str) -> (Option<i32>, String, String) {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
-        .env(CASE_VAR, case)
-        .output()
-        .unwrap();
+fn misuse_in_child(case: &str) -> (Option<i32>, String, String) {
+    let out = run_child(CASE_VAR, case);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let addr = stdout
@@ -32,7 +30,7 @@ fn run_child(case: &str) -> (Option<i32>, String, String) {
 }
 
 fn expect_abort(case: &str, fault: &str) {
-    let (signal, stderr, addr) = run_child(case);
+    let (signal, stderr, addr) = misuse_in_child(case);
     assert_eq!(signal, Some(libc::SIGABRT), "{case}: child was not aborted; stderr: {stderr}");
     let line = stderr
         .lines()

@@ -12,23 +12,13 @@ static A: spanalloc::SpanAlloc = spanalloc::SpanAlloc;
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::{Arc, Mutex};
 
+use support::Rng;
+
+mod support;
+
 const THREADS: usize = 4;
 const OPS_PER_THREAD: usize = 300_000;
 const MAX_LIVE: usize = 1500;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// A live object and the byte every one of its bytes holds.
 struct Obj {
@@ -86,7 +76,7 @@ fn free(obj: Obj) {
 }
 
 fn worker(id: usize, mailboxes: Arc<Vec<Mutex<Vec<Obj>>>>) -> u64 {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((id as u64 + 1) * 0x2545_f491_4f6c_dd1d));
+    let mut rng = Rng::new(id as u64);
     let mut live: Vec<Obj> = Vec::with_capacity(MAX_LIVE);
     let mut remote_frees = 0;
     for op in 0..OPS_PER_THREAD {

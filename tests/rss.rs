@@ -11,19 +11,13 @@
 #[global_allocator]
 static A: spanalloc::SpanAlloc = spanalloc::SpanAlloc;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-const CASE_VAR: &str = "SPANALLOC_RSS_CASE";
+use support::{rss_kib, run_child};
 
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
+mod support;
+
+const CASE_VAR: &str = "SPANALLOC_RSS_CASE";
 
 /// Allocates about 1 GiB on two threads (small, medium and large objects,
 /// every page touched) and frees it, half of it on the other thread.
@@ -99,11 +93,7 @@ fn child_entry() {
 }
 
 fn run(case: &str) -> (u64, u64, u64) {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
-        .env(CASE_VAR, case)
-        .output()
-        .unwrap();
+    let out = run_child(CASE_VAR, case);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "child failed: {stdout}\n{stderr}");

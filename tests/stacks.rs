@@ -8,9 +8,10 @@ static A: spanalloc::SpanAlloc = spanalloc::SpanAlloc;
 
 use std::collections::HashSet;
 use std::os::unix::process::ExitStatusExt;
-use std::process::Command;
 
 use spanalloc::stack::{Stack, StackError};
+
+mod support;
 
 #[test]
 fn sizes_round_up_to_a_class_and_the_guard_sits_below() {
@@ -131,11 +132,7 @@ fn child_entry() {
 
 #[test]
 fn running_out_of_mappings_is_an_error_that_names_vm_max_map_count() {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
-        .env(CASE_VAR, "map-limit")
-        .output()
-        .unwrap();
+    let out = support::run_child(CASE_VAR, "map-limit");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "child died: {:?}\n{stdout}", out.status.signal());
     assert!(stdout.contains("error after"), "{stdout}");

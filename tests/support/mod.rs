@@ -1,0 +1,54 @@
+//! Helpers shared by the test binaries (and, through `#[path]`, by the
+//! benchmarks and examples): a seeded random number generator, the
+//! process's resident set, and running one case of a test binary in a child
+//! process.
+
+#![allow(dead_code)] // each user takes what it needs
+
+use std::process::{Command, Output};
+
+/// `VmRSS` of this process, in KiB.
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status")
+}
+
+/// Runs this test binary's `child_entry` test in a child process, with
+/// `case` in the environment variable `var` (the child's `child_entry` does
+/// nothing without it), and returns what the child did.
+pub fn run_child(var: &str, case: &str) -> Output {
+    Command::new(std::env::current_exe().expect("the test binary's path"))
+        .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+        .env(var, case)
+        .output()
+        .expect("cannot run the test binary as a child")
+}
+
+/// xorshift64: fast, seeded, good enough to pick sizes, slots and actions.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng((seed + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    #[inline(always)]
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// Uniform in `0..n`.
+    #[inline(always)]
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((self.next() as u128 * n as u128) >> 64) as u64
+    }
+}
