@@ -164,8 +164,14 @@ impl Heap {
     /// A snapshot of the heap's statistics.
     pub fn stats(&self) -> Stats {
         let mut s = Stats::default();
-        let add = |s: &mut Stats, cs: &CacheStats| {
-            s.cached += cs.owned_pages.get() * PAGE_SIZE as u64;
+        // Large objects: the mheap counts those it hands out and gets back;
+        // the caches count reuses and the freed objects they keep.
+        let (mut large_hits, mut large_kept, mut large_kept_bytes) = (0, 0, 0);
+        let mut add = |s: &mut Stats, cs: &CacheStats| {
+            s.cached += cs.owned_pages.get() * PAGE_SIZE as u64 + cs.large_kept_bytes.get();
+            large_hits += cs.large_hits.get();
+            large_kept += cs.large_kept.get();
+            large_kept_bytes += cs.large_kept_bytes.get();
             s.stacks.cached += cs.stacks_cached.get();
             for c in 1..NUM_CLASSES {
                 s.by_class[c].mallocs += cs.classes[c].mallocs.get();
@@ -191,14 +197,15 @@ impl Heap {
             s.by_class[c].central_full = full as u32;
         }
         let k = &self.mheap.counters;
-        s.large_mallocs = k.large_allocs.get();
-        s.large_frees = k.large_frees.get();
-        s.large_bytes = k.large_bytes.get();
+        s.large_mallocs = k.large_allocs.get() + large_hits;
+        s.large_frees = k.large_frees.get() + large_hits + large_kept;
+        let large_span_bytes = k.large_bytes.get();
+        s.large_bytes = large_span_bytes.saturating_sub(large_kept_bytes);
         s.heap_idle = k.free_pages.get() * PAGE_SIZE as u64;
         s.heap_released = k.released_pages.get() * PAGE_SIZE as u64;
         s.heap_sys = k.sys_pages.get() * PAGE_SIZE as u64;
         s.metadata = k.meta_bytes.get();
-        s.finish(k.small_pages.get());
+        s.finish(k.small_pages.get(), large_span_bytes);
         s
     }
 
@@ -359,6 +366,9 @@ impl Heap {
             to.mallocs.add_shared(from.mallocs.get());
             to.frees.add_shared(from.frees.get());
         }
+        // A dropped cache keeps no large object: only its count of reuses
+        // lives on.
+        self.retired.large_hits.add_shared(stats.large_hits.get());
     }
 
     /// Puts a thread cache's counters on the registry.
@@ -457,6 +467,7 @@ mod tests {
     use core::alloc::Layout;
 
     use super::*;
+    use crate::largecache;
     use crate::sizeclass::MAX_SMALL;
 
     fn layout(size: usize) -> Layout {
@@ -567,6 +578,11 @@ mod tests {
         for &(p, s) in &ptrs {
             unsafe { cache.dealloc(p, layout(s)) };
         }
+        // The cache keeps the three up to 1 MiB; the 3 MiB one went back.
+        let a = heap.audit();
+        assert_eq!((a.large_objects, a.large_kept), (0, 3));
+        cache.flush();
+        assert_eq!(heap.audit().large_kept, 0);
         // The freed runs coalesced: one 4 MiB object fits where they were.
         let big = cache.alloc(layout(4 << 20));
         assert_eq!(big, ptrs[0].0, "first fit reuses the coalesced run");
@@ -575,6 +591,41 @@ mod tests {
         assert_eq!(heap.stats().large_bytes, 0);
         drop(cache);
         assert_eq!(heap.audit().large_objects, 0);
+    }
+
+    #[test]
+    fn a_freed_large_object_serves_the_next_of_its_page_count() {
+        let heap = Heap::new();
+        let mut cache = heap.cache();
+        let l = layout(200_000);
+        let p = cache.alloc(l);
+        unsafe { cache.dealloc(p, l) };
+        // Same page count (25 pages), another size: the kept object.
+        let q = cache.alloc(layout(199_000));
+        assert_eq!(q, p);
+        // Another page count: fresh pages.
+        let r = cache.alloc(layout(300_000));
+        assert_ne!(r, p);
+        unsafe {
+            cache.dealloc(q, layout(199_000));
+            cache.dealloc(r, layout(300_000));
+        }
+        assert_eq!(heap.audit().large_kept, 2);
+        // At most `SLOTS` objects, the oldest given back first.
+        let many: Vec<_> = (0..largecache::SLOTS + 2).map(|_| cache.alloc(layout(64 << 10))).collect();
+        for &m in &many {
+            unsafe { cache.dealloc(m, layout(64 << 10)) };
+        }
+        assert_eq!(heap.audit().large_kept, largecache::SLOTS);
+        let again = cache.alloc(layout(64 << 10));
+        assert_eq!(again, many[many.len() - 1], "the most recent first");
+        unsafe { cache.dealloc(again, layout(64 << 10)) };
+        drop(cache);
+        // A dropped cache's counters are the heap's: 2 + 10 objects from the
+        // mheap, 2 reuses, all freed.
+        let s = heap.stats();
+        assert_eq!(heap.audit().large_kept, 0);
+        assert_eq!((s.large_mallocs, s.large_frees, s.large_bytes, s.cached), (14, 14, 0, 0));
     }
 
     #[test]

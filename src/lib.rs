@@ -44,6 +44,7 @@ mod fixalloc;
 #[cfg(not(loom))]
 mod global;
 mod heap;
+mod largecache;
 mod mcache;
 mod mcentral;
 mod mheap;

@@ -49,6 +49,9 @@
 //! - **trim**, at most once per scavenger tick: spans whose objects are all
 //!   free go back to the mcentral (one kept per busy class).
 //!
+//! Large objects go to the mheap, except that the cache keeps the last few
+//! it freed for reuse ([`crate::largecache`]).
+//!
 //! Frees never migrate objects between caches: an object always goes back
 //! to its own span, so producer / consumer programs stay bounded and threads
 //! never end up sharing cache lines they did not ask to share.
@@ -57,11 +60,12 @@ use core::alloc::Layout;
 use core::ptr;
 
 use crate::heap::Heap;
+use crate::largecache::LargeCache;
 use crate::mheap::TICK_MS;
 use crate::mspan::{CENTRAL, ListId, Span};
 use crate::os;
 use crate::report;
-use crate::sizeclass::{CLASSES, MAX_SMALL, NUM_CLASSES, class_of, small_class};
+use crate::sizeclass::{CLASSES, MAX_SMALL, NUM_CLASSES, PAGE_SIZE, class_of, small_class};
 use crate::sync::atomic::Ordering;
 use crate::sync::unmodelled::Counter;
 
@@ -203,6 +207,8 @@ pub(crate) struct CacheCore {
     slow_frees: u32,
     /// Counts calls of `maybe_trim`.
     clock_skip: u32,
+    /// Large objects freed here, kept for reuse.
+    large: LargeCache,
 }
 
 // SAFETY: a cache owns the spans it points at; moving it to another thread
@@ -224,6 +230,11 @@ pub(crate) struct CacheStats {
     pub(crate) owned_pages: Counter,
     /// Stacks in the thread's stack cache.
     pub(crate) stacks_cached: Counter,
+    /// Large objects handed out from the large-object cache.
+    pub(crate) large_hits: Counter,
+    /// Objects and bytes in the large-object cache.
+    pub(crate) large_kept: Counter,
+    pub(crate) large_kept_bytes: Counter,
     /// Links in the heap's registry of thread caches (under its lock).
     pub(crate) links: core::cell::UnsafeCell<(*const CacheStats, *const CacheStats)>,
 }
@@ -239,6 +250,9 @@ impl CacheStats {
             classes: [const { ClassCounters { mallocs: Counter::new(), frees: Counter::new() } }; NUM_CLASSES],
             owned_pages: Counter::new(),
             stacks_cached: Counter::new(),
+            large_hits: Counter::new(),
+            large_kept: Counter::new(),
+            large_kept_bytes: Counter::new(),
             links: core::cell::UnsafeCell::new((ptr::null(), ptr::null())),
         }
     }
@@ -261,6 +275,7 @@ impl CacheCore {
             owned_pages: 0,
             slow_frees: 0,
             clock_skip: 0,
+            large: LargeCache::new(),
         }
     }
 
@@ -387,7 +402,7 @@ impl CacheCore {
     #[inline(never)]
     fn alloc_other(&mut self, heap: &Heap, stats: &CacheStats, size: usize, align: usize) -> *mut u8 {
         match class_of(size, align) {
-            0 => heap.alloc_large(size, align, false),
+            0 => self.alloc_large(heap, stats, size, align, false),
             class => self.alloc_class(heap, stats, class),
         }
     }
@@ -396,9 +411,44 @@ impl CacheCore {
     #[inline(never)]
     fn dealloc_other(&mut self, heap: &Heap, stats: &CacheStats, addr: usize, size: usize, align: usize) {
         match class_of(size, align) {
-            0 => heap.free_large(addr),
+            0 => self.free_large(heap, stats, addr),
             class => self.dealloc_class(heap, stats, class, addr),
         }
+    }
+
+    /// A large object: the most recent one of its page count from the
+    /// large-object cache, or one from the mheap.
+    fn alloc_large(&mut self, heap: &Heap, stats: &CacheStats, size: usize, align: usize, zero: bool) -> *mut u8 {
+        if self.large.len() > 0
+            && let Some(addr) = self.large.take(size.max(1).div_ceil(PAGE_SIZE), align, size)
+        {
+            stats.large_hits.bump(1);
+            self.maybe_trim(heap, 0);
+            self.publish(stats);
+            if zero {
+                // SAFETY: the object holds at least `size` writable bytes.
+                unsafe { ptr::write_bytes(addr as *mut u8, 0, size) };
+            }
+            return addr as *mut u8;
+        }
+        heap.alloc_large(size, align, zero)
+    }
+
+    /// Frees a large object into the large-object cache, or to the mheap if
+    /// it is too big to keep.
+    fn free_large(&mut self, heap: &Heap, stats: &CacheStats, addr: usize) {
+        match self.mode {
+            Mode::Explicit | Mode::ThreadActive => {}
+            // Kept objects need the exit flush.
+            Mode::ThreadFresh => heap.activate_thread_cache(self, stats),
+            Mode::Exited => return heap.free_large(addr),
+        }
+        let (_, span) = heap.mheap.large_span_of(addr);
+        if !self.large.put(heap, span) {
+            return heap.free_large(addr);
+        }
+        self.maybe_trim(heap, 0);
+        self.publish(stats);
     }
 
     // -----------------------------------------------------------------------
@@ -408,7 +458,7 @@ impl CacheCore {
     /// pages are fresh from the OS.
     pub(crate) fn alloc_zeroed(&mut self, heap: &Heap, stats: &CacheStats, size: usize, align: usize) -> *mut u8 {
         if class_of(size, align) == 0 {
-            return heap.alloc_large(size, align, true);
+            return self.alloc_large(heap, stats, size, align, true);
         }
         let p = self.alloc(heap, stats, size, align);
         if !p.is_null() {
@@ -474,6 +524,7 @@ impl CacheCore {
         }
         // Notices that came meanwhile are for spans the mcentral now has.
         self.take_notices(heap);
+        self.large.flush(heap);
     }
 
     // -----------------------------------------------------------------------
@@ -493,7 +544,7 @@ impl CacheCore {
         }
         self.maybe_trim(heap, class);
         let refilled = self.refill(heap, class);
-        stats.owned_pages.set(self.owned_pages as u64);
+        self.publish(stats);
         if !refilled {
             return ptr::null_mut();
         }
@@ -528,6 +579,7 @@ impl CacheCore {
     #[cold]
     fn trim(&mut self, heap: &Heap, keep: usize) {
         self.take_notices(heap);
+        self.large.trim(heap);
         for class in 1..NUM_CLASSES {
             self.land_deferred(heap, class);
             // Rebuild the queue of spans with free objects as we go.
@@ -841,9 +893,11 @@ impl CacheCore {
         self.publish(stats);
     }
 
-    /// Publishes the pages the cache owns, for `stats()`.
+    /// Publishes what the cache holds, for `stats()`.
     pub(crate) fn publish(&self, stats: &CacheStats) {
         stats.owned_pages.set(self.owned_pages as u64);
+        stats.large_kept.set(self.large.len() as u64);
+        stats.large_kept_bytes.set(self.large.bytes() as u64);
     }
 
     /// Collects a free into a span we do not own.

@@ -31,7 +31,7 @@ use core::ptr;
 
 use crate::arena::{self, ArenaMeta, END_PAGE, FIRST_PAGE};
 use crate::fixalloc::SpanPool;
-use crate::mspan::{Span, SpanKind, bucket_for};
+use crate::mspan::{LARGE_LIVE, LARGE_RETURNED, Span, SpanKind, bucket_for};
 use crate::os;
 use crate::sizeclass::{CLASSES, PAGE_SIZE};
 use crate::sync::unmodelled::{AtomicU64, Counter, Ordering};
@@ -340,14 +340,31 @@ impl MHeap {
 
     /// Frees the large object at `addr`.
     pub(crate) fn free_large(&self, addr: usize) {
-        let (meta, span) = self.large_span_of(addr);
+        let (_, span) = self.large_span_of(addr);
+        self.return_large(span, LARGE_LIVE);
+    }
+
+    /// Gives the pages of large `span` back: a user's free (`expect` is
+    /// `LARGE_LIVE`) or a thread's large-object cache letting go of a freed
+    /// object (`LARGE_CACHED`). Anything else is a double free.
+    pub(crate) fn return_large(&self, span: &Span, expect: u64) {
+        let record = span as *const Span as *mut Span;
+        let addr = span.base;
         let bytes = span.npages * PAGE_SIZE;
+        let Some(meta) = arena::meta_of(addr) else {
+            crate::report::invalid_free(addr);
+        };
         let page = ArenaMeta::page_of(addr);
         let mut st = self.state.lock();
-        // Re-check under the lock: a racing double free finds the entry gone.
+        // Re-check under the lock: a racing double free finds the entry gone,
+        // or the object cached by another thread.
         if !ptr::eq(meta.spans[page].load(Ordering::Acquire), span) {
             drop(st);
             crate::report::invalid_free(addr);
+        }
+        if span.state.compare_exchange(expect, LARGE_RETURNED, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+            drop(st);
+            crate::report::double_free(addr, bytes);
         }
         meta.set_spans(page, 1, ptr::null_mut());
         if meta.huge {
@@ -363,7 +380,7 @@ impl MHeap {
                     *link = (*target).pages.with(|p| (*p).next);
                 }
             }
-            st.pool.put(span);
+            st.pool.put(record);
             drop(st);
             let reserved = meta.pages.with(|p| unsafe { (*p).reserved });
             self.counters.sys_pages.sub_shared((reserved / PAGE_SIZE) as u64);
@@ -372,7 +389,7 @@ impl MHeap {
             unsafe { ArenaMeta::destroy(target) };
         } else {
             st.put_pages(meta, page, span.npages, &self.counters);
-            st.pool.put(span);
+            st.pool.put(record);
         }
         self.counters.large_frees.add_shared(1);
         self.counters.large_bytes.sub_shared(bytes as u64);
@@ -383,6 +400,9 @@ impl MHeap {
     /// pages right after it if they are free. Returns whether it did.
     pub(crate) fn resize_large(&self, addr: usize, new_size: usize) -> bool {
         let (meta, span) = self.large_span_of(addr);
+        if span.state.load(Ordering::Relaxed) != LARGE_LIVE {
+            crate::report::invalid_free(addr); // freed, and kept by a cache
+        }
         let Some(bytes) = new_size.checked_next_multiple_of(PAGE_SIZE) else {
             return false;
         };

@@ -122,6 +122,13 @@ pub(crate) struct Owned {
 pub(crate) const CENTRAL: u64 = 1;
 pub(crate) const FULL: u64 = 2;
 pub(crate) const NOTIFIED: u64 = 4;
+
+// The `state` of a large span: its object is in use; kept in a thread's
+// large-object cache (freed by the user); or on its way back to the mheap.
+// A free that does not find `LARGE_LIVE` is a double free.
+pub(crate) const LARGE_LIVE: u64 = 0;
+pub(crate) const LARGE_CACHED: u64 = 1;
+pub(crate) const LARGE_RETURNED: u64 = 2;
 const OWNER_SHIFT: u32 = 4;
 const OWNER_MASK: u64 = (MAX_OWNER as u64) << OWNER_SHIFT;
 const NALLOC_SHIFT: u32 = 21;
@@ -196,6 +203,8 @@ pub(crate) struct Span {
     free_bits: *mut u64,
     /// Remote-free bitmap storage (`words` words).
     remote_bits: *const AtomicU64,
+    /// Small spans: the packed word of the module docs. Large spans:
+    /// `LARGE_LIVE`, `LARGE_CACHED` or `LARGE_RETURNED`.
     pub(crate) state: AtomicU64,
     /// Link on the mcentral's notify stack.
     pub(crate) notify_next: UnsafeCell<*mut Span>,
@@ -377,7 +386,7 @@ impl Span {
         self.class = 0;
         self.kind = SpanKind::Large;
         self.needzero = needzero;
-        self.state.store(0, Ordering::Relaxed);
+        self.state.store(LARGE_LIVE, Ordering::Relaxed);
     }
 
     /// Words of bitmap in use for this span's objects.

@@ -59,10 +59,10 @@ pub struct Stats {
     /// large objects in whole pages). Go: `HeapAlloc`.
     pub heap_alloc: u64,
     /// Bytes in spans that are in use: small spans anywhere plus large
-    /// objects. Go: `HeapInuse`.
+    /// objects, live or kept by a cache. Go: `HeapInuse`.
     pub heap_inuse: u64,
-    /// Bytes in small spans held by thread caches. Go: its per-P mcache
-    /// spans.
+    /// Bytes held by thread caches: their small spans (Go: its per-P
+    /// mcache spans) and the freed large objects they keep for reuse.
     pub cached: u64,
     /// Bytes of free pages in the heap. Go: `HeapIdle`.
     pub heap_idle: u64,
@@ -122,7 +122,7 @@ impl Stats {
     }
 
     /// Fills the totals that follow from the per-class counts.
-    pub(crate) fn finish(&mut self, small_pages: u64) {
+    pub(crate) fn finish(&mut self, small_pages: u64, large_span_bytes: u64) {
         let mut small_bytes = 0;
         self.mallocs = self.large_mallocs;
         self.frees = self.large_frees;
@@ -132,7 +132,7 @@ impl Stats {
             self.frees += c.frees;
         }
         self.heap_alloc = small_bytes + self.large_bytes;
-        self.heap_inuse = small_pages * PAGE_SIZE as u64 + self.large_bytes;
+        self.heap_inuse = small_pages * PAGE_SIZE as u64 + large_span_bytes;
     }
 }
 
@@ -221,11 +221,12 @@ mod tests {
         s.large_mallocs = 2;
         s.large_frees = 1;
         s.large_bytes = 40960;
-        s.finish(3);
+        // Large spans: the live object and one a cache keeps.
+        s.finish(3, 40960 + 16384);
         assert_eq!(s.mallocs, 12);
         assert_eq!(s.frees, 5);
         assert_eq!(s.heap_alloc, 6 * 8 + 40960);
-        assert_eq!(s.heap_inuse, 3 * 8192 + 40960);
+        assert_eq!(s.heap_inuse, 3 * 8192 + 40960 + 16384);
         let text = s.to_string();
         assert!(text.contains("spanalloc heap"));
         assert!(text.contains("mallocs"));

@@ -52,6 +52,7 @@ fn child_entry() {
     let Ok(case) = std::env::var(CASE_VAR) else { return };
     let small = Layout::from_size_align(64, 8).unwrap();
     let large = Layout::from_size_align(100_000, 8).unwrap();
+    let very_large = Layout::from_size_align(3 << 20, 8).unwrap();
     unsafe {
         match case.as_str() {
             "double-free-lifo" => {
@@ -78,10 +79,24 @@ fn child_entry() {
                 .ok();
             }
             "double-free-large" => {
+                // The first free leaves it in the thread's large-object cache.
                 let p = A.alloc(large);
                 announce(p);
                 A.dealloc(p, large);
                 A.dealloc(p, large);
+            }
+            "double-free-large-other-thread" => {
+                let p = A.alloc(large) as usize;
+                announce(p as *mut u8);
+                A.dealloc(p as *mut u8, large);
+                std::thread::spawn(move || A.dealloc(p as *mut u8, large)).join().ok();
+            }
+            "double-free-very-large" => {
+                // Too big to keep: the first free gives its pages back.
+                let p = A.alloc(very_large);
+                announce(p);
+                A.dealloc(p, very_large);
+                A.dealloc(p, very_large);
             }
             "foreign-pointer" => {
                 let p = libc::malloc(64) as *mut u8;
@@ -128,7 +143,17 @@ fn double_free_from_another_thread_aborts() {
 
 #[test]
 fn double_free_of_a_large_object_aborts() {
-    expect_abort("double-free-large", "did not allocate");
+    expect_abort("double-free-large", "double free of");
+}
+
+#[test]
+fn double_free_of_a_large_object_from_another_thread_aborts() {
+    expect_abort("double-free-large-other-thread", "double free of");
+}
+
+#[test]
+fn double_free_of_a_large_object_whose_pages_went_back_aborts() {
+    expect_abort("double-free-very-large", "did not allocate");
 }
 
 #[test]
