@@ -6,18 +6,25 @@ Run `cargo bench --bench alloc` (and, for the stack rows,
 median of every benchmark in target/criterion/ and prints, per benchmark,
 spanalloc's time and its ratio to the best peer and to mimalloc (below 1.0
 means spanalloc is faster).
+
+Given several criterion directories (copies of target/criterion from
+repeated runs), it prints each ratio as the median over the runs with the
+lowest and highest in brackets; times are the first run's.
 """
 
 import json
 import os
+import statistics
 import sys
 
-ROOT = os.path.join(os.path.dirname(__file__), "..", "target", "criterion")
+DEFAULT = os.path.join(os.path.dirname(__file__), "..", "target", "criterion")
 PEERS = ["system", "mimalloc", "jemalloc", "snmalloc"]
+ORDER = ["lifo_pair", "batch_1000", "producer_consumer", "realloc_growth", "larson", "xmalloc", "cache_scratch", "large"]
+STACK_GROUPS = ["stack_get_drop_16KiB", "stack_get_drop_256KiB", "coroutine_create_run_drop"]
 
 
-def median_ns(group, function):
-    path = os.path.join(ROOT, group, function, "new", "estimates.json")
+def median_ns(root, group, function):
+    path = os.path.join(root, group, function, "new", "estimates.json")
     try:
         with open(path) as f:
             return json.load(f)["median"]["point_estimate"]
@@ -33,43 +40,58 @@ def fmt_time(ns):
     return f"{ns:.2f} ns"
 
 
-def groups():
+def groups(root):
     """Criterion group directories, in a stable, readable order."""
     found = []
-    for dirpath, dirnames, _ in os.walk(ROOT):
+    for dirpath, dirnames, _ in os.walk(root):
         if "spanalloc" in dirnames and os.path.exists(os.path.join(dirpath, "spanalloc", "new", "estimates.json")):
-            found.append(os.path.relpath(dirpath, ROOT))
-    order = ["lifo_pair", "batch_1000", "producer_consumer", "realloc_growth", "larson", "xmalloc", "cache_scratch", "large"]
+            found.append(os.path.relpath(dirpath, root))
 
     def key(g):
         # criterion writes group "lifo_pair/16" as the directory lifo_pair_16.
-        rank = next((i for i, o in enumerate(order) if g.startswith(o)), len(order))
+        rank = next((i for i, o in enumerate(ORDER) if g.startswith(o)), len(ORDER))
         tail = g.rsplit("_", 1)[-1]
         return (rank, int(tail) if tail.isdigit() else 0, g)
 
     return sorted(found, key=key)
 
 
+def spread(values):
+    """One ratio, or the median of several with their range."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
+
+
 def main():
-    if not os.path.isdir(ROOT):
-        sys.exit("no target/criterion: run `cargo bench --bench alloc` first")
+    roots = sys.argv[1:] or [DEFAULT]
+    for root in roots:
+        if not os.path.isdir(root):
+            sys.exit(f"no {root}: run `cargo bench --bench alloc` first")
     print("| benchmark | spanalloc | best peer | spanalloc / best peer | spanalloc / mimalloc |")
     print("|---|---|---|---|---|")
-    for group in groups():
-        ours = median_ns(group, "spanalloc")
-        peers = {p: median_ns(group, p) for p in PEERS}
-        peers = {p: v for p, v in peers.items() if v is not None}
-        if ours is None or not peers:
+    for group in groups(roots[0]):
+        to_best, to_mi, first = [], [], None
+        for root in roots:
+            ours = median_ns(root, group, "spanalloc")
+            peers = {p: median_ns(root, group, p) for p in PEERS}
+            peers = {p: v for p, v in peers.items() if v is not None}
+            if ours is None or not peers:
+                continue
+            best = min(peers, key=peers.get)
+            first = first or (ours, best, peers[best])
+            to_best.append(ours / peers[best])
+            if "mimalloc" in peers:
+                to_mi.append(ours / peers["mimalloc"])
+        if first is None:
             continue
-        best = min(peers, key=peers.get)
-        mi = peers.get("mimalloc")
-        ratio_mi = f"{ours / mi:.2f}" if mi else "-"
-        print(f"| {group} | {fmt_time(ours)} | {best} {fmt_time(peers[best])} "
-              f"| {ours / peers[best]:.2f} | {ratio_mi} |")
+        ours, best, best_ns = first
+        print(f"| {group} | {fmt_time(ours)} | {best} {fmt_time(best_ns)} "
+              f"| {spread(to_best)} | {spread(to_mi) if to_mi else '-'} |")
     # The stack benchmarks compare spanalloc with a fresh mapping.
-    for group in ["stack_get_drop_16KiB", "stack_get_drop_256KiB", "coroutine_create_run_drop"]:
-        ours = median_ns(group, "spanalloc")
-        fresh = median_ns(group, "fresh_mmap")
+    for group in STACK_GROUPS:
+        ours = median_ns(roots[0], group, "spanalloc")
+        fresh = median_ns(roots[0], group, "fresh_mmap")
         if ours is not None and fresh is not None:
             print(f"| {group} | {fmt_time(ours)} | fresh mapping {fmt_time(fresh)} "
                   f"| {ours / fresh:.4f} ({fresh / ours:.0f}x faster) | - |")
