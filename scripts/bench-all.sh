@@ -14,6 +14,9 @@ for n in $(seq 1 "$runs"); do
   cargo bench --bench alloc >"target/bench-runs/alloc-$n.log" 2>&1
   cp -r target/criterion "target/bench-runs/$n"
 done
+# The stack groups join the first run's results (and only they: the last
+# run's allocation results must not overwrite the first's).
+rm -rf target/criterion
 cargo bench --features corosensei --bench stacks >target/bench-runs/stacks.log 2>&1
 cp -r target/criterion/. target/bench-runs/1/
 dirs=()
