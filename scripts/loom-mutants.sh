@@ -18,6 +18,7 @@ mutants=(
   "owner_not_told       owner_notice a remote free into a span put aside does not tell its owner"
   "notify_push_relaxed  remote_free  a notify-stack push does not publish the span's link"
   "pool_unlocked_refill stack_pool   a stack cache counts the pool's stacks and takes them in two critical sections"
+  "pool_unlocked_drain  stack_pool   a drain finds a free place in the pool and fills it in two critical sections"
 )
 failed=0
 for line in "${mutants[@]}"; do

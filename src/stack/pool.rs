@@ -182,7 +182,12 @@ pub(crate) struct PoolCounters {
 struct Records {
     cur: usize,
     end: usize,
+    /// The newest chunk; each chunk's first word holds the one before.
+    chunks: usize,
 }
+
+/// Bytes of each chunk of slab records.
+const RECORD_CHUNK: usize = 64 << 10;
 
 // SAFETY: only reached under its lock.
 unsafe impl Send for Records {}
@@ -197,7 +202,7 @@ impl StackPools {
             StackPools {
                 classes: new_classes(),
                 keep: AtomicUsize::new(DEFAULT_KEEP),
-                records: Mutex::new(Records { cur: 0, end: 0 }),
+                records: Mutex::new(Records { cur: 0, end: 0, chunks: 0 }),
                 counters: PoolCounters { reserved: Counter::new(), created: Counter::new(), pooled: Counter::new() },
             }
         }
@@ -314,8 +319,15 @@ impl StackPools {
         for &slot in &out[..n] {
             if pool.nwarm < WARM_CAP {
                 let i = pool.nwarm;
+                #[cfg(spanalloc_mutant = "pool_unlocked_drain")]
+                {
+                    // Mutant: find the free place, let go of the lock, then
+                    // fill it: two drains can fill the same place.
+                    drop(pool);
+                    pool = self.classes[class].lock();
+                }
                 pool.warm[i] = slot;
-                pool.nwarm += 1;
+                pool.nwarm = i + 1;
             } else {
                 Self::make_cold(&mut pool, class, slot);
             }
@@ -423,10 +435,13 @@ impl StackPools {
         let mut r = self.records.lock();
         let size = size_of::<Slab>().next_multiple_of(64);
         if r.cur + size > r.end {
-            const CHUNK: usize = 64 << 10;
-            let chunk = os::map(CHUNK)? as usize;
-            r.cur = chunk;
-            r.end = chunk + CHUNK;
+            let chunk = os::map(RECORD_CHUNK)? as usize;
+            // SAFETY: a fresh mapping of our own; its first record's worth
+            // of bytes links it to the chunk before.
+            unsafe { (chunk as *mut usize).write(r.chunks) };
+            r.chunks = chunk;
+            r.cur = chunk + size;
+            r.end = chunk + RECORD_CHUNK;
         }
         let at = r.cur;
         r.cur += size;
@@ -463,6 +478,33 @@ impl StackPools {
             f(class.raw());
         }
         f(self.records.raw());
+    }
+}
+
+/// Pools built for a loom model are dropped at the end of each run: their
+/// slabs and records go back, so thousands of runs do not exhaust the
+/// process's mappings. (The global pools are a static and never dropped;
+/// their slabs stay registered with the overflow handler for good.)
+#[cfg(loom)]
+impl Drop for StackPools {
+    fn drop(&mut self) {
+        for class in &self.classes {
+            let pool = class.lock();
+            let mut at = pool.slabs;
+            // SAFETY: the pools are being dropped: no stack of theirs is
+            // in use, and the slab records are still mapped.
+            while let Some(slab) = unsafe { at.as_ref() } {
+                os::unmap(slab.base as *mut u8, slab.nslots * slab.stride);
+                at = slab.next;
+            }
+        }
+        let mut chunk = self.records.lock().chunks;
+        while chunk != 0 {
+            // SAFETY: every chunk starts with the address of the one before.
+            let before = unsafe { (chunk as *const usize).read() };
+            os::unmap(chunk as *mut u8, RECORD_CHUNK);
+            chunk = before;
+        }
     }
 }
 
