@@ -3,7 +3,8 @@
 # minutes on a 2-core machine): the allocation benchmarks RUNS times (each
 # run's criterion results copied to target/bench-runs/N), the stack
 # benchmarks once, then the ratio table over all runs, the instruction
-# counts and the memory figures.
+# counts, the LIFO pairs timed process against process, and the memory
+# figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${RUNS:-3}
@@ -27,5 +28,7 @@ grep -h "RSS per suspended coroutine" target/bench-runs/stacks.log || true
 echo
 scripts/lifo-instructions.sh
 PATTERN=batch SIZES="64 1024" scripts/lifo-instructions.sh
+echo
+scripts/lifo-ab.py
 echo
 scripts/memory.sh
