@@ -508,30 +508,23 @@ impl Drop for StackPools {
     }
 }
 
+/// A class pool with no stacks.
+const EMPTY_POOL: ClassPool = ClassPool {
+    warm: [NO_SLOT; WARM_CAP],
+    nwarm: 0,
+    slabs: ptr::null_mut(),
+    cold: ptr::null_mut(),
+    carving: ptr::null_mut(),
+};
+
 #[cfg(not(loom))]
 const fn new_classes() -> [Mutex<ClassPool>; NUM_CLASSES] {
-    [const {
-        Mutex::new(ClassPool {
-            warm: [NO_SLOT; WARM_CAP],
-            nwarm: 0,
-            slabs: ptr::null_mut(),
-            cold: ptr::null_mut(),
-            carving: ptr::null_mut(),
-        })
-    }; NUM_CLASSES]
+    [const { Mutex::new(EMPTY_POOL) }; NUM_CLASSES]
 }
 
 #[cfg(loom)]
 fn new_classes() -> [Mutex<ClassPool>; NUM_CLASSES] {
-    core::array::from_fn(|_| {
-        Mutex::new(ClassPool {
-            warm: [NO_SLOT; WARM_CAP],
-            nwarm: 0,
-            slabs: ptr::null_mut(),
-            cold: ptr::null_mut(),
-            carving: ptr::null_mut(),
-        })
-    })
+    core::array::from_fn(|_| Mutex::new(EMPTY_POOL))
 }
 
 /// One class of a thread's stack cache.
