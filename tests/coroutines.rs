@@ -12,7 +12,7 @@ use std::os::unix::process::ExitStatusExt;
 
 use corosensei::{Coroutine, CoroutineResult};
 use spanalloc::stack::Stack;
-use support::{rss_kib, run_child};
+use support::{abort_report, printed, rss_kib, run_child};
 
 mod support;
 
@@ -125,24 +125,10 @@ fn child_entry() {
     std::process::exit(3);
 }
 
-fn run(case: &str) -> (Option<i32>, String, String) {
-    let out = run_child(CASE_VAR, case);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let range = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("stack "))
-        .unwrap_or_else(|| panic!("child printed no stack: {stdout}"))
-        .to_string();
-    (out.status.signal(), String::from_utf8_lossy(&out.stderr).into_owned(), range)
-}
-
 fn expect_overflow_report(case: &str) {
-    let (signal, stderr, range) = run(case);
-    assert_eq!(signal, Some(libc::SIGABRT), "{case}: {stderr}");
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("spanalloc: fatal: coroutine stack overflow"))
-        .unwrap_or_else(|| panic!("{case}: no overflow report in {stderr}"));
+    let out = run_child(CASE_VAR, case);
+    let range = printed(&out, "stack ");
+    let line = abort_report(case, &out, "spanalloc: fatal: coroutine stack overflow");
     assert!(line.contains(&range), "{case}: report {line:?} does not name the stack {range}");
 }
 
@@ -158,7 +144,8 @@ fn an_overflow_on_a_thread_without_an_alternate_stack_is_reported() {
 
 #[test]
 fn other_faults_go_to_the_previous_handler() {
-    let (signal, stderr, _) = run("other-fault");
-    assert_eq!(signal, Some(libc::SIGSEGV), "{stderr}");
+    let out = run_child(CASE_VAR, "other-fault");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), Some(libc::SIGSEGV), "{stderr}");
     assert!(!stderr.contains("spanalloc"), "{stderr}");
 }

@@ -7,35 +7,18 @@
 static A: spanalloc::SpanAlloc = spanalloc::SpanAlloc;
 
 use std::alloc::{GlobalAlloc, Layout};
-use std::os::unix::process::ExitStatusExt;
-use support::run_child;
+use support::{abort_report, printed, run_child};
 
 mod support;
 
 const CASE_VAR: &str = "SPANALLOC_MISUSE_CASE";
 
-/// Runs `case` in a child and returns (signal, stderr, the address the
-/// child reported it would misuse).
-fn misuse_in_child(case: &str) -> (Option<i32>, String, String) {
-    let out = run_child(CASE_VAR, case);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let addr = stdout
-        .lines()
-        .find_map(|l| l.split_once("misuse at ").map(|(_, a)| a))
-        .unwrap_or_else(|| panic!("child did not report an address; stdout: {stdout}\nstderr: {stderr}"))
-        .trim()
-        .to_string();
-    (out.status.signal(), stderr, addr)
-}
-
+/// Runs `case` in a child and checks that it aborted with a report that
+/// says `fault` and names the address the child said it would misuse.
 fn expect_abort(case: &str, fault: &str) {
-    let (signal, stderr, addr) = misuse_in_child(case);
-    assert_eq!(signal, Some(libc::SIGABRT), "{case}: child was not aborted; stderr: {stderr}");
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("spanalloc: fatal:"))
-        .unwrap_or_else(|| panic!("{case}: no spanalloc report; stderr: {stderr}"));
+    let out = run_child(CASE_VAR, case);
+    let addr = printed(&out, "misuse at ");
+    let line = abort_report(case, &out, "spanalloc: fatal:");
     assert!(line.contains(fault), "{case}: report {line:?} does not say {fault:?}");
     assert!(line.contains(&addr), "{case}: report {line:?} does not name address {addr}");
 }

@@ -13,7 +13,7 @@ static A: spanalloc::SpanAlloc = spanalloc::SpanAlloc;
 
 use std::time::{Duration, Instant};
 
-use support::{rss_kib, run_child};
+use support::{printed, rss_kib, run_child};
 
 mod support;
 
@@ -97,7 +97,7 @@ fn run(case: &str) -> (u64, u64, u64) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "child failed: {stdout}\n{stderr}");
-    let line = stdout.lines().find(|l| l.starts_with("rss ")).expect("child printed no figures");
+    let line = printed(&out, "rss ");
     eprintln!("{line}\n{stderr}");
     let num = |k: &str| -> u64 { line.split_whitespace().find_map(|f| f.strip_prefix(k)).unwrap().parse().unwrap() };
     (num("before="), num("peak="), num("after="))

@@ -1,7 +1,7 @@
 //! Helpers shared by the test binaries (and, through `#[path]`, by the
 //! benchmarks and examples): a seeded random number generator, the
 //! process's resident set, and running one case of a test binary in a child
-//! process.
+//! process and reading what it printed.
 
 #![allow(dead_code)] // each user takes what it needs
 
@@ -26,6 +26,37 @@ pub fn run_child(var: &str, case: &str) -> Output {
         .env(var, case)
         .output()
         .expect("cannot run the test binary as a child")
+}
+
+/// The rest of the first line of the child's stdout that starts with
+/// `marker` (children print `\n<marker><value>` so that the line stands
+/// apart from the test harness's own output).
+pub fn printed(out: &Output, marker: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(marker))
+        .unwrap_or_else(|| {
+            panic!(
+                "the child printed no {marker:?} line; stdout: {stdout}\nstderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+        .trim()
+        .to_string()
+}
+
+/// Asserts that the child aborted with a report on stderr, a line starting
+/// with `prefix`, and returns that line.
+pub fn abort_report(case: &str, out: &Output, prefix: &str) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{case}: the child was not aborted; stderr: {stderr}");
+    stderr
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("{case}: no {prefix:?} report; stderr: {stderr}"))
+        .to_string()
 }
 
 /// xorshift64: fast, seeded, good enough to pick sizes, slots and actions.
