@@ -13,6 +13,9 @@
 #![cfg(loom)]
 
 use std::alloc::Layout;
+use std::sync::Arc;
+
+use loom::sync::mpsc::{Receiver, Sender};
 
 use spanalloc::Heap;
 
@@ -62,6 +65,28 @@ pub fn assert_disjoint(objects: &[(usize, usize)]) {
         let ((a, size_a), (b, _)) = (pair[0], pair[1]);
         assert!(a + size_a <= b, "objects at {a:#x} (+{size_a}) and {b:#x} overlap");
     }
+}
+
+/// A model thread that receives the address of one object of `size` bytes,
+/// frees it through a cache of its own and drops the cache (which lands the
+/// free in the object's span), then says so on `done`, if given.
+pub fn spawn_freer(
+    heap: Arc<Heap>,
+    size: usize,
+    rx: Receiver<usize>,
+    done: Option<Sender<()>>,
+) -> loom::thread::JoinHandle<()> {
+    spawn(move || {
+        let p = rx.recv().unwrap();
+        {
+            let mut cache = heap.cache();
+            // SAFETY: the sender hands over a live object of `size` bytes.
+            unsafe { cache.dealloc(p as *mut u8, layout(size)) };
+        }
+        if let Some(done) = done {
+            done.send(()).unwrap();
+        }
+    })
 }
 
 /// Frees `objects` through a fresh cache, drops it, and audits the heap:

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use loom::sync::mpsc::channel;
 use spanalloc::Heap;
-use spanalloc_loom_tests::{FOUR_PER_SPAN, free_all_and_audit, layout, model, spawn};
+use spanalloc_loom_tests::{FOUR_PER_SPAN, free_all_and_audit, layout, model, spawn, spawn_freer};
 
 #[test]
 fn exit_flush_races_frees_into_the_exiting_threads_span() {
@@ -32,15 +32,8 @@ fn exit_flush_races_frees_into_the_exiting_threads_span() {
             drop(cache);
             c
         });
-        let freer = |heap: Arc<Heap>, rx: loom::sync::mpsc::Receiver<usize>| {
-            spawn(move || {
-                let p = rx.recv().unwrap();
-                let mut cache = heap.cache();
-                unsafe { cache.dealloc(p as *mut u8, layout(FOUR_PER_SPAN)) };
-            })
-        };
-        let f1 = freer(heap.clone(), rx1);
-        let f2 = freer(heap.clone(), rx2);
+        let f1 = spawn_freer(heap.clone(), FOUR_PER_SPAN, rx1, None);
+        let f2 = spawn_freer(heap.clone(), FOUR_PER_SPAN, rx2, None);
         let c = exiting.join().unwrap();
         f1.join().unwrap();
         f2.join().unwrap();

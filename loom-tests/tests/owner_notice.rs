@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use loom::sync::mpsc::channel;
 use spanalloc::Heap;
-use spanalloc_loom_tests::{FOUR_PER_SPAN, free_all_and_audit, layout, model, spawn};
+use spanalloc_loom_tests::{FOUR_PER_SPAN, free_all_and_audit, layout, model, spawn, spawn_freer};
 
 #[test]
 fn remote_frees_into_a_span_put_aside_reach_its_owner() {
@@ -47,18 +47,8 @@ fn remote_frees_into_a_span_put_aside_reach_its_owner() {
             kept.extend([x, y, first[2], first[3]]);
             kept
         });
-        let freer = |heap: Arc<Heap>, rx: loom::sync::mpsc::Receiver<usize>, done: loom::sync::mpsc::Sender<()>| {
-            spawn(move || {
-                let p = rx.recv().unwrap();
-                {
-                    let mut cache = heap.cache();
-                    unsafe { cache.dealloc(p as *mut u8, layout(FOUR_PER_SPAN)) };
-                }
-                done.send(()).unwrap();
-            })
-        };
-        let fa = freer(heap.clone(), from_owner_a, done.clone());
-        let fb = freer(heap.clone(), from_owner_b, done);
+        let fa = spawn_freer(heap.clone(), FOUR_PER_SPAN, from_owner_a, Some(done.clone()));
+        let fb = spawn_freer(heap.clone(), FOUR_PER_SPAN, from_owner_b, Some(done));
         let kept = owner.join().unwrap();
         fa.join().unwrap();
         fb.join().unwrap();

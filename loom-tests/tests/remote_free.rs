@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use loom::sync::mpsc::channel;
 use spanalloc::Heap;
-use spanalloc_loom_tests::{FOUR_PER_SPAN, assert_disjoint, free_all_and_audit, layout, model, spawn};
+use spanalloc_loom_tests::{FOUR_PER_SPAN, assert_disjoint, free_all_and_audit, layout, model, spawn, spawn_freer};
 
 #[test]
 fn remote_frees_race_owner_allocating_from_and_releasing_the_span() {
@@ -38,22 +38,8 @@ fn remote_frees_race_owner_allocating_from_and_releasing_the_span() {
             let y = cache.alloc(l) as usize;
             vec![objs[2], objs[3], x, y]
         });
-        let freer =
-            |heap: Arc<Heap>, rx: loom::sync::mpsc::Receiver<usize>, landed: Option<loom::sync::mpsc::Sender<()>>| {
-                spawn(move || {
-                    let p = rx.recv().unwrap();
-                    {
-                        let mut cache = heap.cache();
-                        unsafe { cache.dealloc(p as *mut u8, layout(FOUR_PER_SPAN)) };
-                        // Dropping the cache lands the deferred free in the span.
-                    }
-                    if let Some(landed) = landed {
-                        landed.send(()).unwrap();
-                    }
-                })
-            };
-        let f1 = freer(heap.clone(), rx1, Some(landed));
-        let f2 = freer(heap.clone(), rx2, None);
+        let f1 = spawn_freer(heap.clone(), FOUR_PER_SPAN, rx1, Some(landed));
+        let f2 = spawn_freer(heap.clone(), FOUR_PER_SPAN, rx2, None);
         let kept = owner.join().unwrap();
         f1.join().unwrap();
         f2.join().unwrap();
