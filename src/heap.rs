@@ -629,6 +629,26 @@ mod tests {
     }
 
     #[test]
+    fn small_realloc_stays_in_place_within_its_class_and_moves_beyond() {
+        let heap = Heap::new();
+        let mut cache = heap.cache();
+        let p = cache.alloc(layout(100)); // class of 112 B
+        unsafe {
+            p.write_bytes(5, 100);
+            let q = cache.realloc(p, layout(100), 112);
+            assert_eq!(q, p, "same class: in place");
+            let r = cache.realloc(q, layout(112), 97);
+            assert_eq!(r, q, "shrinks within the class: in place");
+            let s = cache.realloc(r, layout(97), 200);
+            assert_ne!(s, r, "another class: moves");
+            assert!(core::slice::from_raw_parts(s, 97).iter().all(|&b| b == 5), "the bytes move with it");
+            cache.dealloc(s, layout(200));
+        }
+        drop(cache);
+        assert_eq!(heap.audit().allocated_objects, 0);
+    }
+
+    #[test]
     fn large_realloc_grows_and_shrinks_in_place_when_pages_allow() {
         let heap = Heap::new();
         let mut cache = heap.cache();
