@@ -50,6 +50,9 @@ mod mcentral;
 mod mheap;
 mod mspan;
 mod os;
+#[cfg(not(loom))]
+#[doc(hidden)]
+pub mod raw;
 mod report;
 pub mod sizeclass;
 pub mod stack;
