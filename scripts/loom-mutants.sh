@@ -9,16 +9,19 @@ export LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}"
 export CARGO_TARGET_DIR=target/mutant
 # mutant            model        the fault
 mutants=(
-  "refill_toctou        refill       the mcentral takes and claims a span in two critical sections"
-  "collect_trusts_count remote_free  the owner subtracts the pending count it read, not what it merged"
-  "count_before_bits    retire       a remote free counts itself before setting its bits"
-  "grow_toctou          grow         the mheap finds a run, lets go of its lock, then takes it"
-  "publish_store        exit_flush   a span is handed to its mcentral with a store, not a CAS"
-  "lock_relaxed         lock         the lock acquires and releases with relaxed ordering"
-  "owner_not_told       owner_notice a remote free into a span put aside does not tell its owner"
-  "notify_push_relaxed  remote_free  a notify-stack push does not publish the span's link"
-  "pool_unlocked_refill stack_pool   a stack cache counts the pool's stacks and takes them in two critical sections"
-  "pool_unlocked_drain  stack_pool   a drain finds a free place in the pool and fills it in two critical sections"
+  "refill_toctou        refill         the mcentral takes and claims a span in two critical sections"
+  "merge_relaxed        remote_free    the owner merges remote frees without acquiring them"
+  "notice_dropped       central_notice the first free into a full central span queues nothing"
+  "notify_push_relaxed  central_notice a notify-stack push does not publish the span's link"
+  "handoff_merge_first  handoff        a span is handed over by merging its remote frees before publishing its state"
+  "retire_ignores_live  live_object    a span with one object still allocated counts as all free"
+  "adopt_queued         late_notice    a cache takes back a span a freer has queued"
+  "handoff_keeps_stack  stack_flush    a cache hands its spans over before its stack gave their objects back"
+  "freer_ignores_life   retire         a late freer acts on a record that describes another span now"
+  "grow_toctou          grow           the mheap finds a run, lets go of its lock, then takes it"
+  "lock_relaxed         lock           the lock acquires and releases with relaxed ordering"
+  "pool_unlocked_refill stack_pool     a stack cache counts the pool's stacks and takes them in two critical sections"
+  "pool_unlocked_drain  stack_pool     a drain finds a free place in the pool and fills it in two critical sections"
 )
 failed=0
 for line in "${mutants[@]}"; do

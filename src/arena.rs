@@ -1,24 +1,43 @@
-//! Arenas: the address space the mheap carves pages from, and the O(1) map
-//! from any pointer to its span.
+//! Arenas: the address space the mheap carves pages from, and everything
+//! that can be found from a pointer by arithmetic alone.
 //!
 //! An arena is a 64 MiB reservation aligned to 64 MiB, placed by the kernel
 //! (`MAP_NORESERVE`: untouched pages cost nothing). Its first pages hold its
-//! metadata ([`ArenaMeta`]: page bitmaps and the page → span table), then a
-//! guard page, then the pages the mheap hands out, then a guard page at the
-//! end. So the metadata is never inside user memory, and a linear overflow
-//! off either end of the user pages faults before it reaches any metadata.
+//! metadata ([`ArenaMeta`]), then a guard page, then the pages the mheap
+//! hands out, then a guard page at the end. So the metadata is never inside
+//! user memory, and a linear overflow off either end of the user pages
+//! faults before it reaches any metadata.
 //!
 //! ```text
 //!  arena base (64 MiB aligned)
 //!  | ArenaMeta ... | guard | page FIRST_PAGE ... page ARENA_PAGES-2 | guard |
 //! ```
 //!
-//! Pointer → span: because arenas are aligned, `addr & !(ARENA_SIZE - 1)` is
-//! the metadata and `(addr >> PAGE_SHIFT) % ARENA_PAGES` the page: one
-//! dependent load finds the span. Before that load, a process-wide
-//! registry (two bits per 64 MiB of address space, 512 KiB of zero pages)
-//! says whether the address is in a spanalloc arena at all, so a foreign
-//! pointer is reported instead of read through.
+//! # What a pointer finds without a lookup
+//!
+//! Because arenas are aligned, `addr & !(ARENA_SIZE - 1)` is the metadata,
+//! and every table in it is indexed by the address's offset in the arena:
+//!
+//! - the **page table**, `spans`: the span of each runtime page (one load);
+//! - the **page tags**, `tags`: who holds the page's span and for which
+//!   size class, in one `u32` (see [`cache_tag`]): the free fast path
+//!   compares it with the freeing cache's tag for the class, so one compare
+//!   says "this cache owns the object's span, and the layout names the
+//!   right class";
+//! - the **object bitmaps**, one bit per 8-byte granule (the smallest object
+//!   and alignment), so that a bit is found from the address with a shift,
+//!   not a division: `alloc` (the object starting there is handed out to the
+//!   user; written only by the span's owner, with plain loads and stores)
+//!   and `remote` (a thread that does not own the span freed that object and
+//!   the owner has not merged it yet; set with `fetch_or`). The mcache and
+//!   [`crate::mspan`] say how the bits are used. At 1/64 of the heap each,
+//!   they are resident only where the heap is in use (and `remote` only
+//!   where remote frees happened).
+//!
+//! Before any of that, a process-wide **registry** (a byte per 64 MiB of
+//! address space, 2 MiB of zero pages) says whether the address is in a
+//! spanalloc arena at all, so a foreign pointer is reported instead of read
+//! through.
 //!
 //! Objects too large for an arena get a "huge" reservation of their own with
 //! the same metadata header. A huge object aligned to 64 MiB or more cannot
@@ -26,7 +45,7 @@
 //! below and the registry marks the slot "far".
 //!
 //! The page bitmaps (`free`, `clean`, `aged`) are guarded by the mheap lock;
-//! the page → span table is atomic and read without locks.
+//! the page table and tags are atomic and read without locks.
 
 use core::ptr;
 
@@ -34,7 +53,8 @@ use crate::mspan::Span;
 use crate::os;
 use crate::sizeclass::{PAGE_SHIFT, PAGE_SIZE};
 use crate::sync::UnsafeCell;
-use crate::sync::unmodelled::{AtomicPtr, AtomicU64, Ordering};
+use crate::sync::atomic::AtomicU64;
+use crate::sync::unmodelled::{AtomicPtr, AtomicU8, AtomicU32, Ordering};
 
 /// log2 of the arena size.
 pub(crate) const ARENA_SHIFT: usize = 26;
@@ -43,6 +63,14 @@ pub(crate) const ARENA_SIZE: usize = 1 << ARENA_SHIFT;
 /// Runtime pages per arena.
 pub(crate) const ARENA_PAGES: usize = ARENA_SIZE / PAGE_SIZE;
 const BITMAP_WORDS: usize = ARENA_PAGES / 64;
+
+/// log2 of the object bitmaps' granule: 8 bytes, the smallest object.
+pub(crate) const GRANULE_SHIFT: usize = 3;
+/// log2 of the bytes one bitmap word covers (64 granules: 512 bytes).
+pub(crate) const WORD_SHIFT: usize = GRANULE_SHIFT + 6;
+/// Object-bitmap words per arena (and per runtime page).
+pub(crate) const OBJ_WORDS: usize = ARENA_SIZE >> WORD_SHIFT;
+pub(crate) const OBJ_WORDS_PER_PAGE: usize = PAGE_SIZE >> WORD_SHIFT;
 
 /// Pages the arena metadata occupies.
 pub(crate) const META_PAGES: usize = size_of::<ArenaMeta>().div_ceil(PAGE_SIZE);
@@ -60,17 +88,54 @@ pub(crate) const GROW_PAGES: usize = (4 << 20) / PAGE_SIZE;
 #[cfg(loom)]
 pub(crate) const GROW_PAGES: usize = 2;
 
-static_assertions::const_assert!(FIRST_PAGE < 16);
+static_assertions::const_assert!(FIRST_PAGE < END_PAGE);
 static_assertions::const_assert_eq!(ARENA_PAGES % 64, 0);
+static_assertions::const_assert_eq!(OBJ_WORDS_PER_PAGE, 16);
+
+// ---------------------------------------------------------------------------
+// Page tags.
+
+/// The tag of a page whose span the mcentral holds (with the class and the
+/// index of the cache that held it last), or of a large object's first page
+/// (class 0). No cache's tag has this bit.
+pub(crate) const TAG_CENTRAL: u32 = 1 << 31;
+/// The tag of a large object's first page.
+pub(crate) const TAG_LARGE: u32 = TAG_CENTRAL;
+/// Bits of a tag that hold the size class.
+pub(crate) const TAG_CLASS_MASK: u32 = 0x7f;
+/// The largest cache index a tag can name (0 names none).
+pub(crate) const MAX_TAG_INDEX: u32 = (TAG_CENTRAL >> 7) - 1;
+
+/// The tag of the pages of a span of `class` that the cache with index
+/// `index` (not 0) holds.
+#[inline]
+pub(crate) const fn cache_tag(index: u32, class: usize) -> u32 {
+    (index << 7) | class as u32
+}
+
+/// The size class a page tag names (0: large, free, or not a small span).
+#[inline(always)]
+pub(crate) const fn tag_class(tag: u32) -> usize {
+    (tag & TAG_CLASS_MASK) as usize
+}
+
+static_assertions::const_assert!(crate::sizeclass::NUM_CLASSES <= TAG_CLASS_MASK as usize + 1);
 
 /// Metadata at the base of every arena (and of every huge reservation).
 #[repr(C)]
 pub(crate) struct ArenaMeta {
+    /// Bit `g` (of the whole arena): the object starting at granule `g` is
+    /// allocated. Written by its span's owner only. Under loom only the
+    /// words of the pages the mheap hands out are constructed.
+    pub(crate) alloc: [AtomicU64; OBJ_WORDS],
+    /// Bit `g`: the object at granule `g` was freed by a thread that does
+    /// not own its span, and the owner has not merged the free yet.
+    pub(crate) remote: [AtomicU64; OBJ_WORDS],
     /// The span of each page: set for every page of a small span, for the
-    /// first page of a large one; null for free pages. First in the struct,
-    /// so its 4 KiB pages are page-aligned and can be given back to the OS
-    /// where they describe only free pages.
+    /// first page of a large one; null for free pages.
     pub(crate) spans: [AtomicPtr<Span>; ARENA_PAGES],
+    /// The tag of each page's span (see [`cache_tag`]); 0 for free pages.
+    pub(crate) tags: [AtomicU32; ARENA_PAGES],
     /// The heap that owns the arena.
     pub(crate) heap_id: u64,
     /// Start of the reservation (the metadata itself, except far huge).
@@ -100,14 +165,118 @@ pub(crate) struct PageState {
     pub(crate) clean: [u64; BITMAP_WORDS],
     /// Bit set: page was free and dirty at the last scavenger tick.
     pub(crate) aged: [u64; BITMAP_WORDS],
-    /// Bit `g` set: the page of `spans` entries for pages
-    /// `[g * MAP_GROUP, (g + 1) * MAP_GROUP)` may be resident.
-    pub(crate) map_resident: u64,
+    /// Per metadata table (`TABLES`), bit `g` set: the table's `g`-th OS
+    /// page may be resident (it describes a page handed out since it was
+    /// last given back).
+    pub(crate) meta_resident: [[u64; 4]; 4],
 }
 
-/// Page → span entries per 4 KiB of the table.
-const MAP_GROUP: usize = 4096 / size_of::<AtomicPtr<Span>>();
-static_assertions::const_assert!(ARENA_PAGES / MAP_GROUP <= 64);
+/// The per-page metadata tables whose OS pages are given back when they
+/// describe only free pages: (offset in `ArenaMeta`, bytes per runtime
+/// page). Every table starts on a 64 KiB boundary, so any kernel page size
+/// up to 64 KiB divides it.
+const TABLES: [(usize, usize); 4] = [
+    (core::mem::offset_of!(ArenaMeta, alloc), OBJ_WORDS_PER_PAGE * 8),
+    (core::mem::offset_of!(ArenaMeta, remote), OBJ_WORDS_PER_PAGE * 8),
+    (core::mem::offset_of!(ArenaMeta, spans), 8),
+    (core::mem::offset_of!(ArenaMeta, tags), 4),
+];
+#[cfg(not(loom))]
+static_assertions::const_assert!(
+    TABLES[0].0.is_multiple_of(64 << 10)
+        && TABLES[1].0.is_multiple_of(64 << 10)
+        && TABLES[2].0.is_multiple_of(64 << 10)
+        && TABLES[3].0.is_multiple_of(64 << 10)
+);
+// OS pages of 4 KiB (the smallest) per table, at most: the resident masks'
+// size.
+#[cfg(not(loom))]
+static_assertions::const_assert!(ARENA_PAGES * OBJ_WORDS_PER_PAGE * 8 / 4096 <= 256);
+
+// ---------------------------------------------------------------------------
+// The fast paths: from an address to its tables, by arithmetic.
+
+/// Bits that must be clear in the address of a small object: beyond the
+/// registry's reach, and below the 8-byte granule.
+const SMALL_OBJECT_CHECK: usize = !((1 << ADDRESS_BITS) - 1) | ((1 << GRANULE_SHIFT) - 1);
+
+/// Whether `addr` may be a small object in a spanalloc arena (not a far
+/// huge slot, and on an 8-byte granule): then its arena's metadata is at
+/// `addr & !(ARENA_SIZE - 1)`. One test and one load.
+#[inline(always)]
+pub(crate) fn small_object_in_arena(addr: usize) -> bool {
+    // SAFETY: the mask keeps addr >> ARENA_SHIFT below SLOTS.
+    addr & SMALL_OBJECT_CHECK == 0
+        && unsafe { REGISTRY.get_unchecked(addr >> ARENA_SHIFT) }.load(Ordering::Relaxed) == KIND_ARENA
+}
+
+/// The metadata of the arena `addr` lies in.
+///
+/// # Safety
+/// [`small_object_in_arena`]`(addr)` must hold (and the arena must stay mapped while the
+/// reference is used: true while any object in it is live).
+#[inline(always)]
+pub(crate) unsafe fn meta_unchecked(addr: usize) -> &'static ArenaMeta {
+    // SAFETY: the caller checked that an arena's metadata is there.
+    unsafe { &*((addr & !(ARENA_SIZE - 1)) as *const ArenaMeta) }
+}
+
+impl ArenaMeta {
+    /// The tag of the page holding `addr` (an address in this arena).
+    #[inline(always)]
+    pub(crate) fn tag_at(&self, addr: usize) -> u32 {
+        // SAFETY: the page index is below ARENA_PAGES.
+        unsafe { self.tags.get_unchecked((addr >> PAGE_SHIFT) & (ARENA_PAGES - 1)) }.load(Ordering::Relaxed)
+    }
+
+    /// The `alloc` bitmap word holding the bit of the object at `addr`, and
+    /// the bit.
+    #[inline(always)]
+    pub(crate) fn alloc_bit(&self, addr: usize) -> (&AtomicU64, u64) {
+        let (w, bit) = bit_of(addr);
+        // SAFETY: w < OBJ_WORDS.
+        (unsafe { self.alloc.get_unchecked(w) }, bit)
+    }
+
+    /// The `alloc` word of the object at `addr` and its bit's number in it
+    /// (the fast paths test and flip the bit by number: `bt`, `btr`).
+    #[inline(always)]
+    pub(crate) fn alloc_word(&self, addr: usize) -> (&AtomicU64, u32) {
+        let w = (addr & (ARENA_SIZE - 1)) >> WORD_SHIFT;
+        // SAFETY: w < OBJ_WORDS.
+        (unsafe { self.alloc.get_unchecked(w) }, ((addr >> GRANULE_SHIFT) & 63) as u32)
+    }
+
+    /// The `remote` word of the object at `addr` (its bit number as for
+    /// [`ArenaMeta::alloc_word`]).
+    #[inline(always)]
+    pub(crate) fn remote_word(&self, addr: usize) -> &AtomicU64 {
+        // SAFETY: the index is below OBJ_WORDS.
+        unsafe { self.remote.get_unchecked((addr & (ARENA_SIZE - 1)) >> WORD_SHIFT) }
+    }
+
+    /// The `remote` bitmap word holding the bit of the object at `addr`.
+    #[inline(always)]
+    pub(crate) fn remote_bit(&self, addr: usize) -> (&AtomicU64, u64) {
+        let (w, bit) = bit_of(addr);
+        // SAFETY: w < OBJ_WORDS.
+        (unsafe { self.remote.get_unchecked(w) }, bit)
+    }
+
+    /// The object-bitmap words (`alloc`, `remote`) of the `npages` pages
+    /// from `base`, a page-aligned address in this arena.
+    pub(crate) fn span_words(&self, base: usize, npages: usize) -> (&[AtomicU64], &[AtomicU64]) {
+        let first = (base & (ARENA_SIZE - 1)) >> WORD_SHIFT;
+        let n = npages * OBJ_WORDS_PER_PAGE;
+        (&self.alloc[first..first + n], &self.remote[first..first + n])
+    }
+}
+
+/// The bitmap word index in its arena and the bit of the granule at `addr`.
+#[inline(always)]
+pub(crate) fn bit_of(addr: usize) -> (usize, u64) {
+    ((addr & (ARENA_SIZE - 1)) >> WORD_SHIFT, 1u64 << ((addr >> GRANULE_SHIFT) & 63))
+}
 
 // ---------------------------------------------------------------------------
 // The registry: which 64 MiB slots of the address space are ours.
@@ -115,38 +284,27 @@ static_assertions::const_assert!(ARENA_PAGES / MAP_GROUP <= 64);
 /// Address bits the registry covers (the x86-64 / aarch64 user space).
 const ADDRESS_BITS: usize = 47;
 const SLOTS: usize = 1 << (ADDRESS_BITS - ARENA_SHIFT);
-/// Two bits per slot, 32 slots per word.
-static REGISTRY: [AtomicU64; SLOTS / 32] = [const { AtomicU64::new(0) }; SLOTS / 32];
+/// One byte per slot (2 MiB of zero pages, touched only where arenas are).
+static REGISTRY: [AtomicU8; SLOTS] = [const { AtomicU8::new(0) }; SLOTS];
 
-/// Registry tags.
-const TAG_NONE: u64 = 0;
+/// Registry kinds.
+const KIND_NONE: u8 = 0;
 /// The slot starts with an `ArenaMeta`.
-const TAG_ARENA: u64 = 1;
+const KIND_ARENA: u8 = 1;
 /// The slot starts a huge object whose `ArenaMeta` is one slot below.
-const TAG_FAR: u64 = 2;
+const KIND_FAR: u8 = 2;
 
-fn set_tag(slot: usize, tag: u64) {
-    let (w, shift) = (slot / 32, (slot % 32) * 2);
-    let word = &REGISTRY[w];
-    let mut cur = word.load(Ordering::Relaxed);
-    loop {
-        let new = (cur & !(3 << shift)) | (tag << shift);
-        match word.compare_exchange_weak(cur, new, Ordering::Release, Ordering::Relaxed) {
-            Ok(_) => return,
-            Err(x) => cur = x,
-        }
-    }
+fn set_kind(slot: usize, kind: u8) {
+    REGISTRY[slot].store(kind, Ordering::Release);
 }
 
 #[inline]
-fn tag_of(addr: usize) -> u64 {
+fn kind_of(addr: usize) -> u8 {
     let slot = addr >> ARENA_SHIFT;
     if slot >= SLOTS {
-        return TAG_NONE;
+        return KIND_NONE;
     }
-    // SAFETY: slot < SLOTS, so slot / 32 is in bounds.
-    let word = unsafe { REGISTRY.get_unchecked(slot / 32) }.load(Ordering::Acquire);
-    (word >> ((slot % 32) * 2)) & 3
+    REGISTRY[slot].load(Ordering::Acquire)
 }
 
 /// The arena metadata for `addr`, if `addr` lies in a slot spanalloc
@@ -154,9 +312,9 @@ fn tag_of(addr: usize) -> u64 {
 #[inline]
 pub(crate) fn meta_of(addr: usize) -> Option<&'static ArenaMeta> {
     let slot_base = addr & !(ARENA_SIZE - 1);
-    let meta = match tag_of(addr) {
-        TAG_ARENA => slot_base,
-        TAG_FAR => slot_base - ARENA_SIZE,
+    let meta = match kind_of(addr) {
+        KIND_ARENA => slot_base,
+        KIND_FAR => slot_base - ARENA_SIZE,
         _ => return None,
     };
     // SAFETY: a registered slot's metadata stays mapped until it is
@@ -184,7 +342,7 @@ impl ArenaMeta {
         let slot = base as usize >> ARENA_SHIFT;
         match unsafe { Self::init(base, base as usize, ARENA_SIZE, heap_id, false, slot) } {
             Some(meta) => {
-                set_tag(slot, TAG_ARENA);
+                set_kind(slot, KIND_ARENA);
                 Some(meta)
             }
             None => {
@@ -210,7 +368,7 @@ impl ArenaMeta {
                 os::unmap(base, len);
                 return None;
             };
-            set_tag(slot, TAG_ARENA);
+            set_kind(slot, KIND_ARENA);
             Some((meta, base as usize + offset))
         } else {
             // The object starts a slot; its metadata is the slot below.
@@ -233,7 +391,7 @@ impl ArenaMeta {
                 os::unmap(meta_base as *mut u8, len);
                 return None;
             };
-            set_tag(slot, TAG_FAR);
+            set_kind(slot, KIND_FAR);
             Some((meta, object))
         }
     }
@@ -256,9 +414,8 @@ impl ArenaMeta {
         }
         let meta = meta_at.cast::<ArenaMeta>();
         // SAFETY: the reservation is zeroed, mapped and ours; the metadata
-        // fits in META_PAGES pages of it. Zero bytes are a valid
-        // `[AtomicPtr; N]` and a valid all-zero bitmap, so only the header
-        // fields need writing.
+        // fits in META_PAGES pages of it. Zero bytes are valid atomics and a
+        // valid all-zero bitmap, so only the header fields need writing.
         unsafe {
             ptr::addr_of_mut!((*meta).heap_id).write(heap_id);
             ptr::addr_of_mut!((*meta).map_base).write(map_base);
@@ -272,8 +429,15 @@ impl ArenaMeta {
                 free: [0; BITMAP_WORDS],
                 clean: [0; BITMAP_WORDS],
                 aged: [0; BITMAP_WORDS],
-                map_resident: 0,
+                meta_resident: [[0; 4]; 4],
             }));
+            // loom's atomics are not plain words: build those of the pages
+            // a model can use.
+            #[cfg(loom)]
+            for w in FIRST_PAGE * OBJ_WORDS_PER_PAGE..END_PAGE * OBJ_WORDS_PER_PAGE {
+                ptr::addr_of_mut!((*meta).alloc[w]).write(AtomicU64::new(0));
+                ptr::addr_of_mut!((*meta).remote[w]).write(AtomicU64::new(0));
+            }
         }
         // Guard between the metadata and the first user page, and after
         // the last one. A failed guard costs protection, not correctness.
@@ -312,26 +476,45 @@ impl ArenaMeta {
         }
     }
 
-    /// Gives back the pages of the page → span table that describe only
-    /// free pages (their entries are all null, which is what a released
-    /// page reads as). Caller holds the heap lock.
-    pub(crate) fn release_map(&self) {
-        if os::page_size() != 4096 {
+    /// Tags the `npages` pages from `base` (an address in this arena) with
+    /// `tag`.
+    pub(crate) fn set_tags(&self, base: usize, npages: usize, tag: u32) {
+        let page = Self::page_of(base);
+        for t in &self.tags[page..page + npages] {
+            t.store(tag, Ordering::Release);
+        }
+    }
+
+    /// Gives back the OS pages of the per-page metadata tables (object
+    /// bitmaps, page table, tags) that describe only free pages: their
+    /// contents are all zero then, which is what a released page reads as.
+    /// Caller holds the heap lock.
+    pub(crate) fn release_meta(&self) {
+        let os_page = os::page_size();
+        if cfg!(loom) || os_page > 64 << 10 {
             return;
         }
         self.pages.with_mut(|p| {
             // SAFETY: under the heap lock.
             let p = unsafe { &mut *p };
-            for g in 0..ARENA_PAGES / MAP_GROUP {
-                if p.map_resident & (1 << g) == 0 {
-                    continue;
-                }
-                // Only pages the heap has handed out can have entries.
-                let from = (g * MAP_GROUP).max(FIRST_PAGE);
-                let to = ((g + 1) * MAP_GROUP).min(p.grown);
-                if from >= to || count_range(&p.free, from, to) == to - from {
-                    os::release(self.spans[g * MAP_GROUP..].as_ptr() as *mut u8, 4096);
-                    p.map_resident &= !(1 << g);
+            for (t, &(offset, per_page)) in TABLES.iter().enumerate() {
+                // Runtime pages one OS page of the table describes.
+                let span = (os_page / per_page).max(1);
+                let groups = (ARENA_PAGES * per_page).div_ceil(os_page);
+                // The resident masks count in 4 KiB units.
+                let units = os_page / 4096;
+                for g in 0..groups {
+                    let (lo, hi) = (g * units, (g + 1) * units);
+                    if count_range(&p.meta_resident[t], lo, hi) == 0 {
+                        continue;
+                    }
+                    // Only pages the heap has handed out can have entries.
+                    let from = (g * span).max(FIRST_PAGE);
+                    let to = ((g + 1) * span).min(p.grown);
+                    if from >= to || count_range(&p.free, from, to) == to - from {
+                        os::release((self.base() + offset + g * os_page) as *mut u8, os_page);
+                        clear_range(&mut p.meta_resident[t], lo, hi);
+                    }
                 }
             }
         });
@@ -345,7 +528,7 @@ impl ArenaMeta {
         // SAFETY: the caller guarantees the arena is still mapped and dead.
         let (map_base, slot) = unsafe { ((*meta).map_base, (*meta).slot) };
         let reserved = unsafe { &*meta }.pages.with(|p| unsafe { (*p).reserved });
-        set_tag(slot, TAG_NONE);
+        set_kind(slot, KIND_NONE);
         os::unmap(map_base as *mut u8, reserved);
     }
 }
@@ -492,8 +675,14 @@ impl PageState {
         clear_range(&mut self.free, page, page + n);
         clear_range(&mut self.clean, page, page + n);
         clear_range(&mut self.aged, page, page + n);
-        for g in page / MAP_GROUP..=(page + n - 1) / MAP_GROUP {
-            self.map_resident |= 1 << g;
+        for (t, &(_, per_page)) in TABLES.iter().enumerate() {
+            // In 4 KiB units, whatever the OS page (release_meta reads the
+            // mask a kernel page at a time).
+            let first = page * per_page / 4096;
+            let last = ((page + n) * per_page - 1) / 4096;
+            for g in first..=last {
+                self.meta_resident[t][g / 64] |= 1 << (g % 64);
+            }
         }
         self.nfree -= n;
         clean
@@ -551,7 +740,7 @@ mod tests {
             free: [0; BITMAP_WORDS],
             clean: [0; BITMAP_WORDS],
             aged: [0; BITMAP_WORDS],
-            map_resident: 0,
+            meta_resident: [[0; 4]; 4],
         }
     }
 

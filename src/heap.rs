@@ -1,12 +1,11 @@
 //! `Heap`: the mheap and the mcentrals together, as a value.
 //!
 //! A `Heap` is everything spanalloc shares between threads: the page
-//! allocator ([`crate::mheap`]), one [`crate::mcentral`] per size class, the
-//! registry of thread caches whose counters [`Heap::stats`] sums, and a
-//! fallback cache for threads that allocate after their own cache was
-//! flushed at exit. The global allocator is one `static` `Heap`
-//! ([`crate::global`]); tests, loom models and runtimes can make their own
-//! and allocate from it through [`MCache`]s.
+//! allocator ([`crate::mheap`]), one [`crate::mcentral`] per size class, and
+//! the registry of thread caches whose counters [`Heap::stats`] sums. The
+//! global allocator is one `static` `Heap` (see `thread`); tests, loom
+//! models and runtimes can make their own and allocate from it through
+//! [`crate::MCache`]s (`Heap::cache`).
 //!
 //! The heap also decides when the scavenger runs: [`Heap::maybe_tick`] is
 //! called from the caches' slow paths and does the work of a tick (empty
@@ -15,16 +14,11 @@
 
 use core::ptr;
 
-use crate::arena;
-use crate::mcache::{CacheCore, CacheStats, MCache, Mode};
 use crate::mcentral::MCentral;
 use crate::mheap::MHeap;
-use crate::mspan::{MAX_OWNER, NotifyStack, Span, SpanKind, Wake};
 use crate::os;
-use crate::report;
-use crate::sizeclass::{CLASSES, NUM_CLASSES, PAGE_SIZE};
-use crate::stats::Stats;
-use crate::sync::unmodelled::Ordering;
+use crate::sizeclass::{NUM_CLASSES, PAGE_SIZE};
+use crate::stats::{CacheStats, Stats};
 use crate::sync::{Mutex, const_fn_unless_loom};
 
 /// A heap: mheap + mcentrals. See the module docs.
@@ -35,85 +29,6 @@ pub struct Heap {
     registry: Mutex<Registry>,
     /// Counters of caches that are gone.
     retired: CacheStats,
-    /// The cache threads use after their own was flushed at exit.
-    fallback: Mutex<CacheCore>,
-    fallback_stats: CacheStats,
-    /// Indices for mcaches (see `mspan`'s owner field).
-    indices: Mutex<IndexPool>,
-    /// Each mcache index's notify stack: spans of that cache that received
-    /// their first remote free.
-    owner_stacks: OwnerStacks,
-}
-
-/// The highest mcache index handed out (under loom: a few, so the table is
-/// small enough to build in every model run).
-const MAX_INDEX: u32 = if cfg!(loom) { 7 } else { MAX_OWNER };
-
-/// The notify stacks of the mcaches, indexed by cache index. In a normal
-/// build a table of `MAX_INDEX + 1` stacks in zero pages reserved on first
-/// use (1 MiB of address space, a page resident per 512 caches); under loom
-/// a small array.
-struct OwnerStacks {
-    #[cfg(not(loom))]
-    table: crate::sync::unmodelled::AtomicPtr<NotifyStack>,
-    #[cfg(loom)]
-    table: [NotifyStack; MAX_INDEX as usize + 1],
-}
-
-impl OwnerStacks {
-    const_fn_unless_loom! {
-        fn new() -> OwnerStacks {
-            #[cfg(not(loom))]
-            return OwnerStacks { table: crate::sync::unmodelled::AtomicPtr::new(ptr::null_mut()) };
-            #[cfg(loom)]
-            return OwnerStacks { table: core::array::from_fn(|_| NotifyStack::new()) };
-        }
-    }
-
-    /// Makes sure the table exists (called when an index is first taken).
-    fn reserve(&self) -> bool {
-        #[cfg(not(loom))]
-        {
-            if self.table.load(Ordering::Acquire).is_null() {
-                let bytes = (MAX_INDEX as usize + 1) * size_of::<NotifyStack>();
-                // Zero bytes are empty stacks.
-                let Some(table) = os::map(bytes) else {
-                    return false;
-                };
-                self.table.store(table.cast(), Ordering::Release);
-            }
-        }
-        true
-    }
-
-    /// The notify stack of the cache with index `index` (not 0).
-    fn get(&self, index: u32) -> &NotifyStack {
-        debug_assert!(index != 0 && index <= MAX_INDEX);
-        #[cfg(not(loom))]
-        // SAFETY: the table exists once any index was handed out, and the
-        // index is in range.
-        return unsafe { &*self.table.load(Ordering::Acquire).add(index as usize) };
-        #[cfg(loom)]
-        return &self.table[index as usize];
-    }
-
-    #[cfg(not(loom))]
-    fn unmap(&self) {
-        let table = self.table.load(Ordering::Acquire);
-        if !table.is_null() {
-            os::unmap(table.cast(), (MAX_INDEX as usize + 1) * size_of::<NotifyStack>());
-        }
-    }
-}
-
-/// The mcache indices in use: each live cache has a distinct one (or 0,
-/// none, once all are taken).
-struct IndexPool {
-    /// Indices never handed out start here.
-    next: u32,
-    /// Indices given back, for reuse.
-    free: [u32; 1024],
-    nfree: usize,
 }
 
 // SAFETY: everything shared is behind locks or atomics (see each level).
@@ -137,26 +52,17 @@ impl Heap {
                 central: new_centrals(),
                 registry: Mutex::new(Registry { head: ptr::null() }),
                 retired: CacheStats::new(),
-                fallback: Mutex::new(CacheCore::new(Mode::Explicit)),
-                fallback_stats: CacheStats::new(),
-                indices: Mutex::new(IndexPool { next: 1, free: [0; 1024], nfree: 0 }),
-                owner_stacks: OwnerStacks::new(),
             }
         }
     }
 
-    /// A new cache for this heap (see [`MCache`]).
-    pub fn cache(&self) -> MCache<'_> {
-        MCache::new(self)
-    }
-
     /// Gives memory back to the OS now: every empty span goes back to the
-    /// mheap and every free page is released with `MADV_DONTNEED`. Spans in
-    /// caches stay where they are (flush a cache first to include it).
+    /// mheap and every free page is released with `MADV_DONTNEED`. Objects
+    /// and spans in caches stay where they are (flush a cache first to
+    /// include it).
     pub fn release(&self) {
-        self.forward_idle_notices();
         for central in &self.central[1..] {
-            central.release_empty(self);
+            central.release_empty(&self.mheap);
         }
         self.mheap.scavenge(true);
     }
@@ -179,7 +85,6 @@ impl Heap {
             }
         };
         add(&mut s, &self.retired);
-        add(&mut s, &self.fallback_stats);
         {
             let reg = self.registry.lock();
             let mut at = reg.head;
@@ -229,27 +134,6 @@ impl Heap {
         self.maybe_tick(os::now_ms());
     }
 
-    /// The span of a small object at `addr` of `class`, or a fatal report
-    /// saying what is wrong with the pointer.
-    #[inline]
-    pub(crate) fn small_span_of(&self, addr: usize, class: usize) -> &Span {
-        let Some((meta, span)) = arena::span_of(addr) else {
-            report::invalid_free(addr);
-        };
-        if meta.heap_id != self.mheap.id.load(Ordering::Relaxed) {
-            report::wrong_heap(addr);
-        }
-        // SAFETY: a non-null page entry points at a live record.
-        let Some(span) = (unsafe { span.as_ref() }) else {
-            report::invalid_free(addr);
-        };
-        if span.kind != SpanKind::Small || span.class as usize != class {
-            let actual = if span.kind == SpanKind::Small { span.elem_size as usize } else { span.npages * PAGE_SIZE };
-            report::layout_mismatch(addr, CLASSES[class].size as usize, actual);
-        }
-        span
-    }
-
     /// Runs a scavenger tick if one is due at `now` (`os::now_ms`).
     #[inline]
     pub(crate) fn maybe_tick(&self, now: u64) {
@@ -260,103 +144,10 @@ impl Heap {
 
     #[cold]
     fn tick(&self) {
-        self.forward_idle_notices();
         for central in &self.central[1..] {
-            central.release_empty(self);
+            central.release_empty(&self.mheap);
         }
         self.mheap.scavenge(false);
-    }
-
-    /// Allocates through the shared fallback cache.
-    #[cold]
-    pub(crate) fn fallback_alloc(&self, size: usize, align: usize) -> *mut u8 {
-        self.fallback.lock().alloc(self, &self.fallback_stats, size, align)
-    }
-
-    /// Frees through the shared fallback cache.
-    #[cold]
-    pub(crate) fn fallback_dealloc(&self, addr: usize, size: usize, align: usize) {
-        // SAFETY: the caller validated `addr` as a live object of this size.
-        unsafe { self.fallback.lock().dealloc(self, &self.fallback_stats, addr as *mut u8, size, align) }
-    }
-
-    /// An index for a new mcache: distinct from every live cache's, or 0
-    /// when all are taken (the cache then owns only its current spans).
-    pub(crate) fn take_index(&self) -> u32 {
-        let index = {
-            let mut pool = self.indices.lock();
-            if pool.nfree > 0 {
-                pool.nfree -= 1;
-                pool.free[pool.nfree]
-            } else if pool.next <= MAX_INDEX && self.owner_stacks.reserve() {
-                pool.next += 1;
-                pool.next - 1
-            } else {
-                0
-            }
-        };
-        // A notice that reached the index's last cache after it was gone
-        // is for a span the mcentral has now.
-        self.forward_notices(index);
-        index
-    }
-
-    /// Passes the spans on the notify stack of an index no cache uses to
-    /// their mcentrals.
-    fn forward_notices(&self, index: u32) {
-        if index == 0 || self.owner_stacks.get(index).is_empty() {
-            return;
-        }
-        let mut at = self.owner_stacks.get(index).take_all();
-        // SAFETY: notified spans are live until their notice is handled.
-        while let Some(span) = unsafe { at.as_ref() } {
-            at = span.next_notified();
-            self.central[span.class as usize].notify(self, span);
-        }
-    }
-
-    /// Forwards the notices that reached caches after they were gone (a
-    /// freer that saw the span owned, and pushed after the cache's last
-    /// look). Runs at scavenger ticks, on `release`, and before an audit.
-    pub(crate) fn forward_idle_notices(&self) {
-        let mut idle = [0u32; 1024];
-        let n = {
-            let pool = self.indices.lock();
-            idle[..pool.nfree].copy_from_slice(&pool.free[..pool.nfree]);
-            pool.nfree
-        };
-        for &index in &idle[..n] {
-            self.forward_notices(index);
-        }
-    }
-
-    /// The notify stack of the mcache with index `index` (not 0).
-    pub(crate) fn owner_stack(&self, index: u32) -> &NotifyStack {
-        self.owner_stacks.get(index)
-    }
-
-    /// Passes on a span a freer set `NOTIFIED`: to its owning mcache, or to
-    /// its mcentral.
-    pub(crate) fn notify(&self, span: &Span, wake: Wake) {
-        match wake {
-            Wake::None => {}
-            Wake::Central => self.central[span.class as usize].notify(self, span),
-            Wake::Owner(index) => self.owner_stacks.get(index).push(span),
-        }
-    }
-
-    /// Gives back a cache's index (after its spans were flushed).
-    pub(crate) fn give_index(&self, index: u32) {
-        if index == 0 {
-            return;
-        }
-        let mut pool = self.indices.lock();
-        if pool.nfree < pool.free.len() {
-            let n = pool.nfree;
-            pool.free[n] = index;
-            pool.nfree += 1;
-        }
-        // Otherwise the index is not reused: the pool shrinks by one.
     }
 
     /// Adds a dropped cache's counters to the heap's.
@@ -410,45 +201,20 @@ impl Heap {
         drop(reg);
     }
 
-    /// Called on a thread cache's first refill.
-    pub(crate) fn activate_thread_cache(&self, core: &mut CacheCore, stats: &CacheStats) {
-        #[cfg(not(loom))]
-        crate::global::activate(self, core, stats);
-        #[cfg(loom)]
-        {
-            let _ = stats;
-            core.mode = Mode::ThreadActive;
-            core.index = self.take_index();
-        }
-    }
-
     /// Every lock of the heap, in the order `fork` must take them.
     #[cfg(not(loom))]
     pub(crate) fn for_each_lock(&self, mut f: impl FnMut(&crate::sync::RawLock)) {
-        f(self.fallback.raw());
         for central in &self.central[1..] {
             f(central.lock_for_fork());
         }
         f(self.mheap.lock_for_fork());
         f(self.registry.raw());
-        f(self.indices.raw());
     }
 }
 
 impl Default for Heap {
     fn default() -> Self {
         Heap::new()
-    }
-}
-
-impl Drop for Heap {
-    fn drop(&mut self) {
-        // No cache can outlive the heap (they borrow it), so every span is
-        // in an mcentral or the fallback cache; the mheap unmaps it all.
-        let heap: &Heap = self;
-        heap.fallback.lock().flush(heap);
-        #[cfg(not(loom))]
-        heap.owner_stacks.unmap();
     }
 }
 
@@ -468,6 +234,7 @@ mod tests {
 
     use super::*;
     use crate::largecache;
+    use crate::sizeclass::CLASSES;
     use crate::sizeclass::MAX_SMALL;
 
     fn layout(size: usize) -> Layout {
@@ -476,7 +243,7 @@ mod tests {
 
     #[test]
     fn objects_of_every_class_are_distinct_aligned_and_writable() {
-        let heap = Heap::new();
+        let mut heap = Heap::new();
         let mut cache = heap.cache();
         for (c, &info) in CLASSES.iter().enumerate().skip(1) {
             let l = layout(info.size as usize);
@@ -520,7 +287,7 @@ mod tests {
 
     #[test]
     fn frees_through_another_cache_make_objects_reusable() {
-        let heap = Heap::new();
+        let mut heap = Heap::new();
         let mut a = heap.cache();
         let mut b = heap.cache();
         let l = layout(48);
@@ -565,7 +332,7 @@ mod tests {
 
     #[test]
     fn large_objects_take_their_own_pages_and_coalesce_when_freed() {
-        let heap = Heap::new();
+        let mut heap = Heap::new();
         let mut cache = heap.cache();
         let sizes = [MAX_SMALL + 1, 100_000, 1 << 20, 3 << 20];
         let ptrs: Vec<_> = sizes.iter().map(|&s| (cache.alloc(layout(s)), s)).collect();
@@ -579,14 +346,13 @@ mod tests {
             unsafe { cache.dealloc(p, layout(s)) };
         }
         // The cache keeps the three up to 1 MiB; the 3 MiB one went back.
-        let a = heap.audit();
-        assert_eq!((a.large_objects, a.large_kept), (0, 3));
+        assert_eq!(heap.large_census(), (0, 3));
         cache.flush();
-        assert_eq!(heap.audit().large_kept, 0);
+        assert_eq!(heap.large_census().1, 0);
         // The freed runs coalesced: one 4 MiB object fits where they were.
         let big = cache.alloc(layout(4 << 20));
         assert_eq!(big, ptrs[0].0, "first fit reuses the coalesced run");
-        assert_eq!(heap.audit().large_objects, 1);
+        assert_eq!(heap.large_census().0, 1);
         unsafe { cache.dealloc(big, layout(4 << 20)) };
         assert_eq!(heap.stats().large_bytes, 0);
         drop(cache);
@@ -595,7 +361,7 @@ mod tests {
 
     #[test]
     fn a_freed_large_object_serves_the_next_of_its_page_count() {
-        let heap = Heap::new();
+        let mut heap = Heap::new();
         let mut cache = heap.cache();
         let l = layout(200_000);
         let p = cache.alloc(l);
@@ -610,13 +376,13 @@ mod tests {
             cache.dealloc(q, layout(199_000));
             cache.dealloc(r, layout(300_000));
         }
-        assert_eq!(heap.audit().large_kept, 2);
+        assert_eq!(heap.large_census().1, 2);
         // At most `SLOTS` objects, the oldest given back first.
         let many: Vec<_> = (0..largecache::SLOTS + 2).map(|_| cache.alloc(layout(64 << 10))).collect();
         for &m in &many {
             unsafe { cache.dealloc(m, layout(64 << 10)) };
         }
-        assert_eq!(heap.audit().large_kept, largecache::SLOTS);
+        assert_eq!(heap.large_census().1, largecache::SLOTS);
         let again = cache.alloc(layout(64 << 10));
         assert_eq!(again, many[many.len() - 1], "the most recent first");
         unsafe { cache.dealloc(again, layout(64 << 10)) };
@@ -630,7 +396,7 @@ mod tests {
 
     #[test]
     fn small_realloc_stays_in_place_within_its_class_and_moves_beyond() {
-        let heap = Heap::new();
+        let mut heap = Heap::new();
         let mut cache = heap.cache();
         let p = cache.alloc(layout(100)); // class of 112 B
         unsafe {

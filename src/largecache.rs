@@ -147,9 +147,9 @@ mod tests {
         assert!(cache.put(&heap, object(&heap, 64 << 10)));
         assert!(cache.take(8, 8, 64 << 10).is_some());
         cache.trim(&heap); // busy since the last trim: keeps the other one
-        assert_eq!((cache.len(), heap.audit().large_kept), (1, 1));
+        assert_eq!((cache.len(), heap.large_census().1), (1, 1));
         cache.trim(&heap); // idle
-        assert_eq!((cache.len(), heap.audit().large_kept), (0, 0));
+        assert_eq!((cache.len(), heap.large_census().1), (0, 0));
     }
 
     #[test]
@@ -165,6 +165,6 @@ mod tests {
         }
         assert_eq!(cache.len(), MAX_BYTES >> 20);
         cache.flush(&heap);
-        assert_eq!((heap.stats().large_bytes, heap.audit().large_kept), (0, 0));
+        assert_eq!((heap.stats().large_bytes, heap.large_census().1), (0, 0));
     }
 }

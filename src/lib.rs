@@ -44,6 +44,7 @@ mod fixalloc;
 #[cfg(not(loom))]
 mod global;
 mod heap;
+mod index;
 mod largecache;
 mod mcache;
 mod mcentral;
@@ -58,6 +59,8 @@ pub mod sizeclass;
 pub mod stack;
 mod stats;
 mod sync;
+#[cfg(not(loom))]
+mod thread;
 
 #[cfg(not(loom))]
 pub use global::{SpanAlloc, release, stats};
@@ -68,6 +71,13 @@ pub use global::{SpanAlloc, release, stats};
 pub mod loom_api {
     pub use crate::stack::pool::{StackCache, StackPools, class_size};
     pub use crate::sync::RawLock;
+
+    /// The addresses the mheap can hand out in the arena holding `p`.
+    pub fn usable_range(p: usize) -> (usize, usize) {
+        let base = p & !(crate::arena::ARENA_SIZE - 1);
+        let page = crate::sizeclass::PAGE_SIZE;
+        (base + crate::arena::FIRST_PAGE * page, base + crate::arena::END_PAGE * page)
+    }
 }
 pub use heap::Heap;
 pub use mcache::MCache;

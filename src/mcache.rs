@@ -1,204 +1,225 @@
-//! mcache: one thread's cache of spans.
+//! mcache: one thread's cache of free objects and of the spans they are in.
 //!
 //! Go gives each P an mcache; a Rust global allocator has no P, so each
-//! thread that allocates owns one, in a thread-local (see
-//! [`crate::global`]). An mcache is also a plain value, [`MCache`], that
-//! tests, loom models and runtimes with their own workers can hold.
+//! thread that allocates owns one, in a thread-local (see `thread`). An
+//! mcache is also a plain value, [`MCache`], that tests, loom models and
+//! runtimes with their own workers can hold.
 //!
 //! # The fast paths
 //!
-//! For each size class the cache holds a current span and, out of that
-//! span's free bitmap, one *window*: a 64-bit mask of free objects (Go's
-//! `allocCache`), plus a `last` slot for the object freed last. Allocation
-//! takes `last`, or the lowest set bit of the window (`tzcnt`, then `blsr`);
-//! a free of an object in the window fills `last` or sets its bit again.
-//! Both paths touch only the thread's own cache line for the class: no lock,
-//! no atomic read-modify-write, no load from the span or from the object.
+//! For each size class the cache keeps a *stack* of pointers to free
+//! objects, in an array beside the objects (never inside them): allocation
+//! pops the most recently freed object, a free pushes. So the object handed
+//! out next is the one freed last, still in cache, whatever order the
+//! program frees in, and each path takes one branch that is almost always
+//! predicted the same way: "stack empty" and "stack full". The stack's
+//! bounds are compared on the low 16 bits of its top pointer (`Bin`), as
+//! jemalloc's cache bins do, so a bin is 16 bytes and an all-zero bin is
+//! both empty and full (a thread's fresh cache needs no set-up to be safe).
 //!
-//! A free also checks, at the cost of a multiply and a compare, that the
-//! pointer is the start of an object and that the object is not already
-//! free; anything else goes on, and the slow path tells double frees and
-//! foreign pointers apart and reports them.
+//! Every path also checks, from the address alone (see [`crate::arena`]):
 //!
-//! # Outside the window
+//! - **free**: the object's page tag is this cache's tag for the class
+//!   (this cache owns the span, and the layout names the right class), and
+//!   its `alloc` bit is set (it is allocated: not free already). Then it
+//!   clears the bit and pushes. A plain load and store: the cache is the
+//!   bit's only writer.
+//! - **alloc**: sets the popped object's `alloc` bit, and checks that its
+//!   `remote` bit is clear: another thread's free of the object, before the
+//!   owner freed it too, is caught before the object is handed out twice.
 //!
-//! Two per-class memories make the commonest frees outside the window cheap
-//! (`dealloc_outside_window`, no lookup of the pointer's span):
-//!
-//! - the span the cache last freed into, if it owns it: frees in allocation
-//!   order land there object after object, a bit set in its bitmap;
-//! - the span its *deferred* frees are for (below): a consumer freeing a
-//!   producer's objects in order adds them to the deferred word.
+//! No lock, no atomic read-modify-write, no load from the span record.
 //!
 //! # The slow paths
 //!
-//! - **refill**: when the window is empty, take the next word of the span's
-//!   bitmap; then merge frees other threads made into the span; then put
-//!   the span aside and take the oldest of the cache's other spans with free
-//!   objects; then a span from the mcentral (or a fresh one from the mheap).
-//! - **free into a span the cache owns** (its current span, or one put
-//!   aside): a bit in its bitmap, no atomics; a span put aside goes on the
-//!   queue of spans with free objects.
-//! - **free into a span the mcentral owns**: the cache adopts the span (one
-//!   lock), so its next frees into it are local.
-//! - **free into another cache's span**: through a per-class *deferred free*
-//!   slot that collects frees of one bitmap word and lands them in the
-//!   span's remote bitmap in one `fetch_or` (see [`crate::mspan`]); the
-//!   owner hears of it through its notify stack. A consumer thread freeing a
-//!   producer's objects pays one atomic per 64 objects.
-//! - **trim**, at most once per scavenger tick: spans whose objects are all
-//!   free go back to the mcentral (one kept per busy class).
+//! - **refill** (stack empty): carve up to half a stack of free objects
+//!   from the current span's bitmap; else merge the frees other threads
+//!   made into it; else the span is used up: it goes on the cache's list of
+//!   full spans, handed to the mcentral a few at a time (remote frees into
+//!   it then reach the mcentral, and any thread can reuse them), and the
+//!   next span comes from the cache's other spans, or the mcentral (or
+//!   fresh from the mheap).
+//! - **flush** (stack full): the older half of the stack goes back into its
+//!   spans' bitmaps; spans that become wholly free go back to the mcentral.
+//! - **a free that is not the cache's**: into a span the cache gave back
+//!   to the mcentral, the cache takes it back (`MCentral::adopt`, one lock);
+//!   into any other span, a remote free (see [`crate::mspan`]): one
+//!   `fetch_or`, published at once, so a second free anywhere finds it.
+//! - **trim**, at most once per scavenger tick: classes idle since the last
+//!   trim empty their stacks into their spans and give every span back.
+//!
+//! Spans leave the cache only when the class's stack is empty (a refill, or
+//! after emptying it), so an object in a stack is always in a span the
+//! cache owns: its bits have one writer.
 //!
 //! Large objects go to the mheap, except that the cache keeps the last few
 //! it freed for reuse ([`crate::largecache`]).
 //!
 //! Frees never migrate objects between caches: an object always goes back
-//! to its own span, so producer / consumer programs stay bounded and threads
-//! never end up sharing cache lines they did not ask to share.
+//! to its own span, so producer / consumer programs stay bounded and
+//! threads never end up sharing cache lines they did not ask to share.
+//! What a cache may hold is bounded: per class a stack of at most
+//! [`stack_cap`] objects (32 KiB of objects, 4 to 256), a current span, a
+//! few spans with free objects, and up to `FULL_BATCH` used-up spans.
 
 use core::alloc::Layout;
 use core::ptr;
 
+use crate::arena::{self, cache_tag};
 use crate::heap::Heap;
+use crate::index;
 use crate::largecache::LargeCache;
+use crate::mcentral::central_tag;
 use crate::mheap::TICK_MS;
-use crate::mspan::{CENTRAL, ListId, Span};
+use crate::mspan::{ListId, Span, SpanKind};
 use crate::os;
 use crate::report;
-use crate::sizeclass::{CLASSES, MAX_SMALL, NUM_CLASSES, PAGE_SIZE, class_of, small_class};
-use crate::sync::atomic::Ordering;
-use crate::sync::unmodelled::Counter;
+use crate::sizeclass::{CLASSES, CLASSES_CONST, MAX_SMALL, NUM_CLASSES, PAGE_SIZE, class_of, small_class};
+use crate::stats::CacheStats;
+use crate::sync::unmodelled::Ordering;
 
-/// One size class's slot in the cache: one 64-byte line.
-#[repr(C, align(64))]
-pub(crate) struct ClassCache {
-    /// The object freed last, if the window's `last` slot was empty: the
-    /// next allocation takes it back without touching the mask. It lies in
-    /// the window, and its mask bit stays clear while it waits here.
-    last: usize,
-    /// Free objects of the window: bit `i` is the object at `base + i * size`.
-    mask: u64,
-    /// Address of the window's first object (0 when there is no span).
-    base: usize,
-    /// Bytes the window covers: 64 objects, fewer at the end of the span.
-    win_bytes: usize,
-    /// The span the window is cut from (null when none).
-    span: *mut Span,
-    /// Object size of the class.
-    size: usize,
-    /// `ceil(2^64 / size)`, to divide by the size with a multiply.
-    div: u64,
-    /// Which bitmap word of the span the window is.
-    window: usize,
-}
+// ---------------------------------------------------------------------------
+// Stack geometry.
 
-impl ClassCache {
-    const fn new(class: usize) -> Self {
-        let info = crate::sizeclass::CLASSES_CONST[class];
-        ClassCache {
-            last: 0,
-            mask: 0,
-            base: 0,
-            win_bytes: 0,
-            span: ptr::null_mut(),
-            size: info.size as usize,
-            div: info.div_mul,
-            window: 0,
-        }
+/// Objects the stack of `class` holds at most: 32 KiB of objects, at least
+/// 4 and at most 256 (under loom: 2, so models reach full stacks).
+pub(crate) const fn stack_cap(class: usize) -> usize {
+    if cfg!(loom) {
+        return 2;
     }
-
-    /// The free objects of the window, with `last` folded back into the mask.
-    fn window_mask(&self) -> u64 {
-        if self.last == 0 {
-            return self.mask;
-        }
-        let idx = (self.last - self.base) / self.size;
-        self.mask | 1 << idx
+    let size = CLASSES_CONST[class].size as usize;
+    if size == 0 {
+        return 0;
     }
-
-    fn clear(&mut self) {
-        self.last = 0;
-        self.mask = 0;
-        self.base = 0;
-        self.win_bytes = 0;
-        self.span = ptr::null_mut();
-        self.window = 0;
+    let n = (32 << 10) / size;
+    if n < 4 {
+        4
+    } else if n > 256 {
+        256
+    } else {
+        n
     }
 }
 
-/// Frees into one bitmap word of a span the cache does not own, not yet
-/// landed in the span. While some are held the span cannot go away, so its
-/// range (`base`, `bytes`) identifies the next frees into it without a
-/// lookup.
-#[derive(Clone, Copy)]
-struct Deferred {
-    span: *mut Span,
-    word: usize,
-    mask: u64,
-    base: usize,
-    bytes: usize,
-}
-
-const NO_DEFERRED: Deferred = Deferred { span: ptr::null_mut(), word: 0, mask: 0, base: 0, bytes: 0 };
-
-/// What a cache holds for a class besides its current span (slow paths only).
-#[derive(Clone, Copy)]
-struct Spare {
-    /// Frees into a span the cache does not own, not yet landed.
-    deferred: Deferred,
-    /// Every span of the class the cache owns but the current one, linked
-    /// through `Owned::prev` / `next`.
-    owned: *mut Span,
-    /// Those of them with free objects, oldest first, linked through
-    /// `Owned::next_free`: the longer a span waits, the more frees it
-    /// gathers, so a refill from the oldest lasts longest.
-    free: *mut Span,
-    free_tail: *mut Span,
-    /// The class refilled since the last trim.
-    active: bool,
-    /// The owned span (not the current one) the cache last freed into, and
-    /// the bytes its objects cover from `alt_base`: the next frees into it
-    /// need no lookup. Frees in allocation order hit it object after object.
-    alt: *const Span,
-    alt_base: usize,
-    alt_bytes: usize,
-}
-
-const NO_SPARE: Spare = Spare {
-    deferred: NO_DEFERRED,
-    owned: ptr::null_mut(),
-    free: ptr::null_mut(),
-    free_tail: ptr::null_mut(),
-    active: false,
-    alt: ptr::null(),
-    alt_base: 0,
-    alt_bytes: 0,
+/// Each class's first slot in the cache's slot array.
+const SLOT_OFFSETS: [usize; NUM_CLASSES + 1] = {
+    let mut off = [0; NUM_CLASSES + 1];
+    let mut c = 1;
+    // Slot 0 is the permanently empty and full stack of class 0.
+    off[1] = 1;
+    while c < NUM_CLASSES {
+        off[c + 1] = off[c] + stack_cap(c);
+        c += 1;
+    }
+    off
 };
+/// Slots of one cache.
+const SLOTS: usize = SLOT_OFFSETS[NUM_CLASSES];
+/// Bytes of one cache's slot array, in whole OS pages of 4 KiB (a larger
+/// OS page rounds up in `os::map`).
+const SLOT_BYTES: usize = (SLOTS * 8).next_multiple_of(4096);
 
-/// What a cache is, for the slow paths.
+// The 16-bit bound compare needs every stack under 64 KiB.
+static_assertions::const_assert!(256 * 8 < 1 << 16);
+
+/// Used-up spans of `class` a cache keeps before handing them to the
+/// mcentral under one lock: 256 KiB of spans, 1 to 8 (under loom: 1).
+fn full_batch(class: usize) -> usize {
+    if cfg!(loom) {
+        return 1;
+    }
+    let span = CLASSES[class].pages as usize * PAGE_SIZE;
+    ((256 << 10) / span).clamp(1, 8)
+}
+
+/// One class's stack of free objects: 16 bytes.
+#[repr(C)]
+pub(crate) struct Bin {
+    /// One past the last pushed pointer.
+    top: *mut usize,
+    /// The low 16 bits of `top` when the stack is empty...
+    empty: u16,
+    /// ... and when it is full.
+    full: u16,
+    /// The page tag of the spans this cache holds for the class.
+    tag: u32,
+}
+
+static_assertions::const_assert_eq!(size_of::<Bin>(), 16);
+
+impl Bin {
+    const ZERO: Bin = Bin { top: ptr::null_mut(), empty: 0, full: 0, tag: 0 };
+
+    #[inline(always)]
+    fn is_empty(&self) -> bool {
+        self.top as u16 == self.empty
+    }
+
+    #[inline(always)]
+    fn is_full(&self) -> bool {
+        self.top as u16 == self.full
+    }
+}
+
+/// What a cache holds for a class besides its stack (slow paths only).
+#[derive(Clone, Copy)]
+struct ClassSpans {
+    /// The span refills carve from (owned; on no list).
+    current: *mut Span,
+    /// Other owned spans with free objects (`ListId::CachePartial`).
+    partial: *mut Span,
+    /// Owned spans with no free object (`ListId::CacheFull`), waiting to go
+    /// to the mcentral.
+    full: *mut Span,
+    nfull: usize,
+    /// The class refilled or flushed since the last trim.
+    busy: bool,
+}
+
+const NO_SPANS: ClassSpans =
+    ClassSpans { current: ptr::null_mut(), partial: ptr::null_mut(), full: ptr::null_mut(), nfull: 0, busy: false };
+
+/// What a cache is, for the slow paths. A thread's cache starts all-zero:
+/// `ThreadFresh` is 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 #[cfg_attr(loom, allow(dead_code))]
 pub(crate) enum Mode {
+    /// A thread's cache that has not been set up yet (see `thread`).
+    ThreadFresh = 0,
     /// A value the caller holds ([`MCache`]).
     Explicit,
-    /// A thread's cache that has not been set up yet (see `global`).
-    ThreadFresh,
     /// A thread's cache in use.
     ThreadActive,
     /// A thread's cache after its thread-exit flush: everything goes through
-    /// the heap's shared fallback cache from now on.
+    /// the fallback cache from now on.
     Exited,
+}
+
+/// What a cache's slow paths need from whoever holds the cache: the heap,
+/// the counters, and, for thread caches, their set-up and the fallback.
+pub(crate) trait Host {
+    fn heap(&self) -> &Heap;
+    fn stats(&self) -> &CacheStats;
+    /// Sets up a `ThreadFresh` cache (index, slots, registry, exit hook);
+    /// leaves it `ThreadFresh` when it cannot.
+    fn activate(&self, core: &mut CacheCore);
+    /// Serves a cache that cannot serve itself (`Exited`, or set-up failed).
+    fn fallback_alloc(&self, size: usize, align: usize, zero: bool) -> *mut u8;
+    fn fallback_dealloc(&self, addr: usize, size: usize, align: usize);
 }
 
 /// The cache proper. Its counters live beside it in [`CacheStats`] so that
 /// other threads can read them while the owner holds `&mut CacheCore`.
+#[repr(C)]
 pub(crate) struct CacheCore {
-    classes: [ClassCache; NUM_CLASSES],
-    spare: [Spare; NUM_CLASSES],
+    bins: [Bin; NUM_CLASSES],
+    spans: [ClassSpans; NUM_CLASSES],
     pub(crate) mode: Mode,
-    /// This cache's index in span states (see `mspan`); 0 when it has none,
-    /// and then it owns only its current spans.
+    /// This cache's index (see `index`); 0 until it has one.
     pub(crate) index: u32,
+    /// The slot array the stacks live in.
+    slots: *mut usize,
     /// When the cache next gives back its idle spans (`os::now_ms`).
     next_trim: u64,
     /// Pages of the spans the cache owns (published in `CacheStats`).
@@ -215,63 +236,18 @@ pub(crate) struct CacheCore {
 // moves that ownership with it.
 unsafe impl Send for CacheCore {}
 
-/// One class's counters, on a line of their own: the same 64-byte stride as
-/// [`ClassCache`], so the fast path finds both at one offset.
-#[repr(C, align(64))]
-pub(crate) struct ClassCounters {
-    pub(crate) mallocs: Counter,
-    pub(crate) frees: Counter,
-}
-
-/// Per-class allocation counters of one cache, readable from any thread.
-pub(crate) struct CacheStats {
-    pub(crate) classes: [ClassCounters; NUM_CLASSES],
-    /// Pages of the spans the cache owns, as of its last slow path.
-    pub(crate) owned_pages: Counter,
-    /// Stacks in the thread's stack cache.
-    pub(crate) stacks_cached: Counter,
-    /// Large objects handed out from the large-object cache.
-    pub(crate) large_hits: Counter,
-    /// Objects and bytes in the large-object cache.
-    pub(crate) large_kept: Counter,
-    pub(crate) large_kept_bytes: Counter,
-    /// Links in the heap's registry of thread caches (under its lock).
-    pub(crate) links: core::cell::UnsafeCell<(*const CacheStats, *const CacheStats)>,
-}
-
-// SAFETY: the counters are atomics; the links are only touched under the
-// registry lock.
-unsafe impl Sync for CacheStats {}
-unsafe impl Send for CacheStats {}
-
-impl CacheStats {
-    pub(crate) const fn new() -> Self {
-        CacheStats {
-            classes: [const { ClassCounters { mallocs: Counter::new(), frees: Counter::new() } }; NUM_CLASSES],
-            owned_pages: Counter::new(),
-            stacks_cached: Counter::new(),
-            large_hits: Counter::new(),
-            large_kept: Counter::new(),
-            large_kept_bytes: Counter::new(),
-            links: core::cell::UnsafeCell::new((ptr::null(), ptr::null())),
-        }
-    }
-}
-
 impl CacheCore {
+    /// A cache with no index and no slots: every operation takes a slow
+    /// path, which sets it up ([`CacheCore::attach`]) or, per `mode`, asks
+    /// the host.
     pub(crate) const fn new(mode: Mode) -> Self {
-        let mut classes = [const { ClassCache::new(0) }; NUM_CLASSES];
-        let mut c = 1;
-        while c < NUM_CLASSES {
-            classes[c] = ClassCache::new(c);
-            c += 1;
-        }
         CacheCore {
-            classes,
-            spare: [NO_SPARE; NUM_CLASSES],
+            bins: [Bin::ZERO; NUM_CLASSES],
+            spans: [NO_SPANS; NUM_CLASSES],
             mode,
             index: 0,
-            next_trim: os::FIRST_DEADLINE,
+            slots: ptr::null_mut(),
+            next_trim: 0,
             owned_pages: 0,
             slow_frees: 0,
             clock_skip: 0,
@@ -279,40 +255,95 @@ impl CacheCore {
         }
     }
 
+    /// Gives the cache an index and a slot array; false (and nothing
+    /// changed) when the kernel refuses memory.
+    pub(crate) fn attach(&mut self) -> bool {
+        let index = index::take();
+        if index == 0 {
+            return false;
+        }
+        let Some(slots) = slot_arrays::take() else {
+            index::give(index);
+            return false;
+        };
+        self.index = index;
+        self.slots = slots;
+        self.next_trim = os::FIRST_DEADLINE;
+        for class in 0..NUM_CLASSES {
+            let base = self.bin_base(class);
+            let limit = base.wrapping_add(stack_cap(class));
+            self.bins[class] = Bin {
+                top: base,
+                empty: base as u16,
+                full: limit as u16,
+                // No page has this tag: class 0's stack never serves.
+                tag: if class == 0 { u32::MAX } else { cache_tag(index, class) },
+            };
+        }
+        true
+    }
+
+    /// Gives back the slot array and the index (after [`CacheCore::flush`]).
+    pub(crate) fn detach(&mut self) {
+        if !self.slots.is_null() {
+            slot_arrays::give(self.slots);
+        }
+        index::give(self.index);
+        self.index = 0;
+        self.slots = ptr::null_mut();
+        self.bins = [Bin::ZERO; NUM_CLASSES];
+    }
+
+    #[inline(always)]
+    fn bin_base(&self, class: usize) -> *mut usize {
+        self.slots.wrapping_add(SLOT_OFFSETS[class])
+    }
+
+    /// Objects in the stack of `class`.
+    #[inline]
+    fn bin_len(&self, class: usize) -> usize {
+        (self.bins[class].top as usize - self.bin_base(class) as usize) / 8
+    }
+
     // -----------------------------------------------------------------------
     // Fast paths.
 
     /// Allocates `size` bytes aligned to `align`; null when out of memory.
     #[inline(always)]
-    pub(crate) fn alloc(&mut self, heap: &Heap, stats: &CacheStats, size: usize, align: usize) -> *mut u8 {
+    pub(crate) fn alloc<H: Host>(&mut self, host: &H, size: usize, align: usize) -> *mut u8 {
         if align > 8 || size > MAX_SMALL {
-            return self.alloc_other(heap, stats, size, align);
+            return self.alloc_other(host, size, align, false);
         }
-        self.alloc_class(heap, stats, small_class(size))
+        self.alloc_class(host, small_class(size))
     }
 
-    /// Allocates an object of `class` (not 0) from its window.
+    /// Allocates an object of `class` (not 0): the top of its stack.
     #[inline(always)]
-    fn alloc_class(&mut self, heap: &Heap, stats: &CacheStats, class: usize) -> *mut u8 {
+    fn alloc_class<H: Host>(&mut self, host: &H, class: usize) -> *mut u8 {
         // SAFETY: classes are below NUM_CLASSES.
-        let e = unsafe { self.classes.get_unchecked_mut(class) };
-        // SAFETY: as above.
-        let counters = unsafe { stats.classes.get_unchecked(class) };
-        let last = e.last;
-        if last != 0 {
-            // The object freed last: a free followed by an allocation costs
-            // a store and a load, with no arithmetic between them.
-            e.last = 0;
-            counters.mallocs.bump(1);
-            return last as *mut u8;
+        let b = unsafe { self.bins.get_unchecked_mut(class) };
+        let top = b.top;
+        if b.is_empty() {
+            return self.refill_alloc(host, class);
         }
-        let m = e.mask;
-        if m != 0 {
-            e.mask = m & (m - 1);
-            counters.mallocs.bump(1);
-            return (e.base + m.trailing_zeros() as usize * e.size) as *mut u8;
+        // SAFETY: the stack is not empty, so the slot below `top` holds a
+        // free object of an arena span this cache owns.
+        let addr = unsafe {
+            let top = top.sub(1);
+            b.top = top;
+            top.read()
+        };
+        // SAFETY: as above, the object is in an arena.
+        let meta = unsafe { arena::meta_unchecked(addr) };
+        let (word, n) = meta.alloc_word(addr);
+        word.store(word.load(Ordering::Relaxed) | 1 << n, Ordering::Relaxed);
+        if (meta.remote_word(addr).load(Ordering::Relaxed) >> n) & 1 != 0 {
+            // Freed by another thread before its owner freed it again.
+            report::double_free(addr, CLASSES[class].size as usize);
         }
-        self.refill_alloc(heap, stats, class)
+        // SAFETY: classes are below NUM_CLASSES.
+        unsafe { host.stats().classes.get_unchecked(class) }.mallocs.bump(1);
+        addr as *mut u8
     }
 
     /// Frees `ptr`, allocated with `size` and `align`.
@@ -321,134 +352,66 @@ impl CacheCore {
     /// `ptr` must have come from this heap with this size and alignment (a
     /// detectable violation aborts with a report).
     #[inline(always)]
-    pub(crate) unsafe fn dealloc(&mut self, heap: &Heap, stats: &CacheStats, ptr: *mut u8, size: usize, align: usize) {
+    pub(crate) unsafe fn dealloc<H: Host>(&mut self, host: &H, ptr: *mut u8, size: usize, align: usize) {
         if align > 8 || size > MAX_SMALL {
-            return self.dealloc_other(heap, stats, ptr as usize, size, align);
+            return self.dealloc_other(host, ptr as usize, size, align);
         }
-        self.dealloc_class(heap, stats, small_class(size), ptr as usize)
+        self.dealloc_class(host, small_class(size), ptr as usize)
     }
 
-    /// Frees an object of `class` (not 0): into the window if it is there.
+    /// Frees an object of `class` (not 0): onto its stack if this cache
+    /// owns its span and it is allocated.
     #[inline(always)]
-    fn dealloc_class(&mut self, heap: &Heap, stats: &CacheStats, class: usize, addr: usize) {
+    pub(crate) fn dealloc_class<H: Host>(&mut self, host: &H, class: usize, addr: usize) {
         // SAFETY: classes are below NUM_CLASSES.
-        let e = unsafe { self.classes.get_unchecked_mut(class) };
-        let off = addr.wrapping_sub(e.base);
-        if off < e.win_bytes {
-            // One multiply gives the object index (high half) and whether
-            // `off` is a multiple of the size (low half below `div`).
-            let prod = off as u128 * e.div as u128;
-            let idx = (prod >> 64) as u32;
-            let m = e.mask;
-            // Not already free (in the mask, or waiting in `last`).
-            if (prod as u64) < e.div && (m >> (idx & 63)) & 1 == 0 && e.last != addr {
-                if e.last == 0 {
-                    e.last = addr;
-                } else {
-                    e.mask = m | 1 << (idx & 63);
+        let b = unsafe { self.bins.get_unchecked_mut(class) };
+        let top = b.top;
+        if !b.is_full() && arena::small_object_in_arena(addr) {
+            // SAFETY: in an arena.
+            let meta = unsafe { arena::meta_unchecked(addr) };
+            if meta.tag_at(addr) == b.tag {
+                let (word, n) = meta.alloc_word(addr);
+                let w = word.load(Ordering::Relaxed);
+                if (w >> n) & 1 != 0 {
+                    word.store(w & !(1 << n), Ordering::Relaxed);
+                    // SAFETY: the stack is not full.
+                    unsafe {
+                        top.write(addr);
+                        b.top = top.add(1);
+                    }
+                    // SAFETY: classes are below NUM_CLASSES.
+                    unsafe { host.stats().classes.get_unchecked(class) }.frees.bump(1);
+                    return;
                 }
-                // SAFETY: as above.
-                unsafe { stats.classes.get_unchecked(class) }.frees.bump(1);
-                return;
             }
         }
-        self.dealloc_outside_window(heap, stats, class, addr)
-    }
-
-    /// A free outside the window: perhaps into the span we last freed into
-    /// (frees in allocation order land there object after object). No
-    /// lookup, no atomics: that span is ours, and on our queue of spans with
-    /// free objects already. Anything else goes to the slow path.
-    #[inline(never)]
-    fn dealloc_outside_window(&mut self, heap: &Heap, stats: &CacheStats, class: usize, addr: usize) {
-        // SAFETY: classes are below NUM_CLASSES.
-        let div = unsafe { self.classes.get_unchecked(class) }.div;
-        // SAFETY: as above.
-        let sp = unsafe { self.spare.get_unchecked_mut(class) };
-        let off = addr.wrapping_sub(sp.alt_base);
-        if off < sp.alt_bytes {
-            let prod = off as u128 * div as u128;
-            // SAFETY: `alt` is a live span of ours while it is set.
-            if (prod as u64) < div && unsafe { &*sp.alt }.free_one((prod >> 64) as usize) {
-                // SAFETY: as above.
-                unsafe { stats.classes.get_unchecked(class) }.frees.bump(1);
-                self.slow_frees += 1;
-                if self.slow_frees >= 16 {
-                    self.every_16_slow_frees(heap, stats);
-                }
-                return;
-            }
-        }
-        // Or into the span our deferred frees are for: a consumer freeing a
-        // producer's objects in order lands here.
-        let d = &mut sp.deferred;
-        let off = addr.wrapping_sub(d.base);
-        if off < d.bytes {
-            let prod = off as u128 * div as u128;
-            let idx = (prod >> 64) as usize;
-            let bit = 1u64 << (idx % 64);
-            if (prod as u64) < div && idx / 64 == d.word && d.mask & bit == 0 {
-                d.mask |= bit;
-                // SAFETY: as above.
-                unsafe { stats.classes.get_unchecked(class) }.frees.bump(1);
-                return;
-            }
-        }
-        self.dealloc_slow(heap, stats, class, addr)
+        self.dealloc_slow(host, class, addr)
     }
 
     /// Allocations the size-class fast path does not take: alignments
-    /// above 8 and large objects.
+    /// above 8, large objects, and zeroed memory.
     #[inline(never)]
-    fn alloc_other(&mut self, heap: &Heap, stats: &CacheStats, size: usize, align: usize) -> *mut u8 {
+    fn alloc_other<H: Host>(&mut self, host: &H, size: usize, align: usize, zero: bool) -> *mut u8 {
         match class_of(size, align) {
-            0 => self.alloc_large(heap, stats, size, align, false),
-            class => self.alloc_class(heap, stats, class),
+            0 => self.alloc_large(host, size, align, zero),
+            class => {
+                let p = self.alloc_class(host, class);
+                if zero && !p.is_null() {
+                    // SAFETY: the object holds at least `size` writable bytes.
+                    unsafe { ptr::write_bytes(p, 0, size) };
+                }
+                p
+            }
         }
     }
 
     /// Frees the fast path does not take (see [`CacheCore::alloc_other`]).
     #[inline(never)]
-    fn dealloc_other(&mut self, heap: &Heap, stats: &CacheStats, addr: usize, size: usize, align: usize) {
+    fn dealloc_other<H: Host>(&mut self, host: &H, addr: usize, size: usize, align: usize) {
         match class_of(size, align) {
-            0 => self.free_large(heap, stats, addr),
-            class => self.dealloc_class(heap, stats, class, addr),
+            0 => self.free_large(host, addr),
+            class => self.dealloc_class(host, class, addr),
         }
-    }
-
-    /// A large object: the most recent one of its page count from the
-    /// large-object cache, or one from the mheap.
-    fn alloc_large(&mut self, heap: &Heap, stats: &CacheStats, size: usize, align: usize, zero: bool) -> *mut u8 {
-        if self.large.len() > 0
-            && let Some(addr) = self.large.take(size.max(1).div_ceil(PAGE_SIZE), align, size)
-        {
-            stats.large_hits.bump(1);
-            self.maybe_trim(heap, 0);
-            self.publish(stats);
-            if zero {
-                // SAFETY: the object holds at least `size` writable bytes.
-                unsafe { ptr::write_bytes(addr as *mut u8, 0, size) };
-            }
-            return addr as *mut u8;
-        }
-        heap.alloc_large(size, align, zero)
-    }
-
-    /// Frees a large object into the large-object cache, or to the mheap if
-    /// it is too big to keep.
-    fn free_large(&mut self, heap: &Heap, stats: &CacheStats, addr: usize) {
-        match self.mode {
-            Mode::Explicit | Mode::ThreadActive => {}
-            // Kept objects need the exit flush.
-            Mode::ThreadFresh => heap.activate_thread_cache(self, stats),
-            Mode::Exited => return heap.free_large(addr),
-        }
-        let (_, span) = heap.mheap.large_span_of(addr);
-        if !self.large.put(heap, span) {
-            return heap.free_large(addr);
-        }
-        self.maybe_trim(heap, 0);
-        self.publish(stats);
     }
 
     // -----------------------------------------------------------------------
@@ -456,441 +419,58 @@ impl CacheCore {
 
     /// Allocates zeroed memory; skips the memset for large objects whose
     /// pages are fresh from the OS.
-    pub(crate) fn alloc_zeroed(&mut self, heap: &Heap, stats: &CacheStats, size: usize, align: usize) -> *mut u8 {
-        if class_of(size, align) == 0 {
-            return self.alloc_large(heap, stats, size, align, true);
-        }
-        let p = self.alloc(heap, stats, size, align);
-        if !p.is_null() {
-            // SAFETY: p holds at least `size` writable bytes.
-            unsafe { ptr::write_bytes(p, 0, size) };
-        }
-        p
+    pub(crate) fn alloc_zeroed<H: Host>(&mut self, host: &H, size: usize, align: usize) -> *mut u8 {
+        self.alloc_other(host, size, align, true)
     }
 
     /// Resizes in place when the new size has the same size class, or for
-    /// large objects when the pages allow; otherwise moves.
+    /// large objects when the pages allow; otherwise moves. Either way the
+    /// pointer is checked as a free checks it.
     ///
     /// # Safety
     /// As for [`CacheCore::dealloc`]; `new_size` rounded up to `align` must
     /// not overflow `isize`.
-    pub(crate) unsafe fn realloc(
+    pub(crate) unsafe fn realloc<H: Host>(
         &mut self,
-        heap: &Heap,
-        stats: &CacheStats,
+        host: &H,
         ptr: *mut u8,
         size: usize,
         align: usize,
         new_size: usize,
     ) -> *mut u8 {
+        let heap = host.heap();
         let old_class = class_of(size, align);
         let new_class = class_of(new_size, align);
-        if old_class == new_class && (old_class != 0 || heap.mheap.resize_large(ptr as usize, new_size)) {
-            return ptr;
+        if old_class == new_class {
+            if old_class != 0 {
+                check_live(heap, old_class, ptr as usize);
+                return ptr;
+            }
+            if heap.mheap.resize_large(ptr as usize, new_size) {
+                return ptr;
+            }
         }
-        let new = self.alloc(heap, stats, new_size, align);
+        let new = self.alloc(host, new_size, align);
         if !new.is_null() {
             // SAFETY: both blocks are live and distinct; we copy what both hold.
             unsafe {
                 ptr::copy_nonoverlapping(ptr, new, size.min(new_size));
-                self.dealloc(heap, stats, ptr, size, align);
+                self.dealloc(host, ptr, size, align);
             }
         }
         new
     }
 
-    /// Gives every span and deferred free back to the heap.
+    /// Gives every object and span back to the heap: each stack emptied
+    /// into its spans, every span to its mcentral, the large objects to the
+    /// mheap.
     pub(crate) fn flush(&mut self, heap: &Heap) {
-        self.take_notices(heap);
-        for class in 1..NUM_CLASSES {
-            self.release_current(heap, class);
-            let spare = &mut self.spare[class];
-            let owned = core::mem::replace(&mut spare.owned, ptr::null_mut());
-            spare.free = ptr::null_mut();
-            spare.free_tail = ptr::null_mut();
-            spare.alt = ptr::null();
-            spare.alt_base = 0;
-            spare.alt_bytes = 0;
-            if !owned.is_null() {
-                let mut at = owned;
-                // SAFETY: listed spans are live and ours.
-                while let Some(span) = unsafe { at.as_ref() } {
-                    self.owned_pages -= span.npages;
-                    at = span.with_owned(|o, _| o.next);
-                }
-                heap.central[class].uncache_list(heap, owned);
+        if !self.slots.is_null() {
+            for class in 1..NUM_CLASSES {
+                self.give_back_class(heap, class);
             }
-            self.land_deferred(heap, class);
         }
-        // Notices that came meanwhile are for spans the mcentral now has.
-        self.take_notices(heap);
         self.large.flush(heap);
-    }
-
-    // -----------------------------------------------------------------------
-    // Slow paths.
-
-    /// Refills `class` and allocates from it.
-    #[cold]
-    #[inline(never)]
-    fn refill_alloc(&mut self, heap: &Heap, stats: &CacheStats, class: usize) -> *mut u8 {
-        match self.mode {
-            Mode::Explicit | Mode::ThreadActive => {}
-            Mode::ThreadFresh => heap.activate_thread_cache(self, stats),
-            Mode::Exited => {
-                let info = CLASSES[class];
-                return heap.fallback_alloc(info.size as usize, info.align as usize);
-            }
-        }
-        self.maybe_trim(heap, class);
-        let refilled = self.refill(heap, class);
-        self.publish(stats);
-        if !refilled {
-            return ptr::null_mut();
-        }
-        let e = &mut self.classes[class];
-        let m = e.mask;
-        e.mask = m & (m - 1);
-        stats.classes[class].mallocs.bump(1);
-        (e.base + m.trailing_zeros() as usize * e.size) as *mut u8
-    }
-
-    /// Runs [`CacheCore::trim`] and the heap's scavenger tick when due (it
-    /// reads the clock every 16th call).
-    fn maybe_trim(&mut self, heap: &Heap, keep: usize) {
-        self.clock_skip = self.clock_skip.wrapping_add(1);
-        if self.clock_skip % 16 != 1 {
-            return;
-        }
-        let now = os::now_ms();
-        if now >= self.next_trim {
-            self.next_trim = now + TICK_MS;
-            self.trim(heap, keep);
-        }
-        heap.maybe_tick(now);
-    }
-
-    /// Gives back, at most once per scavenger tick, what the cache holds
-    /// for nothing: spans whose objects are all free (but one per class the
-    /// cache refilled since the last trim; the current span of `keep`
-    /// stays), and deferred frees. So a thread that freed a peak lets the
-    /// heap return it to the OS, while a busy thread keeps the spans it
-    /// uses.
-    #[cold]
-    fn trim(&mut self, heap: &Heap, keep: usize) {
-        self.take_notices(heap);
-        self.large.trim(heap);
-        for class in 1..NUM_CLASSES {
-            self.land_deferred(heap, class);
-            // Rebuild the queue of spans with free objects as we go.
-            self.spare[class].free = ptr::null_mut();
-            self.spare[class].free_tail = ptr::null_mut();
-            // An idle class keeps no empty span.
-            let mut kept_empty = !core::mem::replace(&mut self.spare[class].active, false);
-            let mut at = self.spare[class].owned;
-            // SAFETY: listed spans are live and ours.
-            while let Some(span) = unsafe { at.as_ref() } {
-                at = span.with_owned(|o, _| o.next);
-                span.collect();
-                let nfree = span.with_owned(|o, _| o.nfree);
-                if nfree == span.nelems && kept_empty {
-                    self.unlink_owned(class, span);
-                    self.uncache(heap, class, span);
-                    continue;
-                }
-                kept_empty |= nfree == span.nelems;
-                span.with_owned(|o, _| o.has_free = false);
-                if nfree > 0 {
-                    self.push_free(class, span);
-                }
-            }
-            let e = &self.classes[class];
-            // SAFETY: a cached span is live and ours.
-            let Some(span) = (unsafe { e.span.as_ref() }) else {
-                continue;
-            };
-            if class == keep {
-                continue;
-            }
-            span.collect();
-            let free = span.with_owned(|o, _| o.nfree) + e.window_mask().count_ones();
-            if free == span.nelems {
-                self.release_current(heap, class);
-            }
-        }
-    }
-
-    /// Makes the window of `class` non-empty: the next bitmap word of the
-    /// current span; the span's remote frees; another span the cache owns
-    /// with free objects; a span from the mcentral (or a fresh one from the
-    /// mheap). Returns false when the heap is out of memory.
-    fn refill(&mut self, heap: &Heap, class: usize) -> bool {
-        self.spare[class].active = true;
-        loop {
-            let current = self.classes[class].span;
-            // SAFETY: a cached span is live and ours.
-            if let Some(span) = unsafe { current.as_ref() } {
-                let next = self.classes[class].window + 1;
-                if self.load_window(class, span, next) {
-                    return true;
-                }
-                if span.collect() > 0 {
-                    continue;
-                }
-                // Exhausted: keep it aside (a free into it, ours or a
-                // remote one we are told of, brings it back), or give it to
-                // the mcentral if we have no index to be told by.
-                self.classes[class].clear();
-                if self.index == 0 {
-                    self.uncache(heap, class, span);
-                } else {
-                    self.link_owned(class, span);
-                }
-            }
-            self.take_notices(heap);
-            let next = match self.pop_free(class) {
-                Some(span) => {
-                    self.unlink_owned(class, span);
-                    self.forget_alt(class, span);
-                    span as *const Span as *mut Span
-                }
-                None => {
-                    // Land our own deferred frees first: they may make a
-                    // span of the mcentral reusable.
-                    self.land_deferred(heap, class);
-                    let span = heap.central[class].cache_span(heap, class, self.index);
-                    if span.is_null() {
-                        return false;
-                    }
-                    // SAFETY: a live span, ours now.
-                    self.owned_pages += unsafe { (*span).npages };
-                    span
-                }
-            };
-            self.classes[class].span = next;
-            // SAFETY: the span is live and ours.
-            let span = unsafe { &*next };
-            span.collect();
-            if self.load_window(class, span, 0) {
-                return true;
-            }
-            // A span we were told of whose frees we had merged already:
-            // round again (it goes back aside).
-        }
-    }
-
-    /// Loads the first bitmap word with free objects, at or after `from`.
-    fn load_window(&mut self, class: usize, span: &Span, from: usize) -> bool {
-        let Some((w, bits)) = span.take_word(from) else {
-            return false;
-        };
-        let e = &mut self.classes[class];
-        let size = e.size;
-        let first = w * 64;
-        let count = (span.nelems as usize - first).min(64);
-        e.mask = bits;
-        e.window = w;
-        e.base = span.base + first * size;
-        e.win_bytes = count * size;
-        true
-    }
-
-    /// Gives the current span of `class` back to its mcentral.
-    fn release_current(&mut self, heap: &Heap, class: usize) {
-        let e = &mut self.classes[class];
-        // SAFETY: a cached span is live and ours.
-        let Some(span) = (unsafe { e.span.as_ref() }) else {
-            return;
-        };
-        let mask = e.window_mask();
-        if mask != 0 {
-            let dup = span.give_back(e.window, mask);
-            if dup != 0 {
-                report::double_free(e.base + dup.trailing_zeros() as usize * e.size, e.size);
-            }
-        }
-        e.clear();
-        self.uncache(heap, class, span);
-    }
-
-    /// Gives a span the cache owns to its mcentral.
-    fn uncache(&mut self, heap: &Heap, class: usize, span: &Span) {
-        self.forget_alt(class, span);
-        self.owned_pages -= span.npages;
-        heap.central[class].uncache_span(heap, span);
-    }
-
-    /// Stops remembering `span` for frees (it leaves the cache, or becomes
-    /// the current span, whose window the fast path serves).
-    fn forget_alt(&mut self, class: usize, span: &Span) {
-        let sp = &mut self.spare[class];
-        if ptr::eq(sp.alt, span) {
-            sp.alt = ptr::null();
-            sp.alt_base = 0;
-            sp.alt_bytes = 0;
-        }
-    }
-
-    // The spans of a class the cache owns besides the current one: a list of
-    // them all, and a stack of those with free objects.
-
-    fn link_owned(&mut self, class: usize, span: &Span) {
-        span.link_front(&mut self.spare[class].owned, ListId::Cache);
-        span.with_owned(|o, _| o.has_free = false);
-    }
-
-    /// Takes `span` off the owned list (it may still be on the free stack:
-    /// callers either pop it from there or rebuild the stack).
-    fn unlink_owned(&mut self, class: usize, span: &Span) {
-        span.unlink(&mut self.spare[class].owned);
-    }
-
-    /// Puts an owned span at the end of the queue of those with free
-    /// objects (once).
-    #[inline]
-    fn push_free(&mut self, class: usize, span: &Span) {
-        let queued = span.with_owned(|o, _| {
-            if o.has_free {
-                return false;
-            }
-            o.has_free = true;
-            o.next_free = ptr::null_mut();
-            true
-        });
-        if !queued {
-            return;
-        }
-        let me = span as *const Span as *mut Span;
-        let spare = &mut self.spare[class];
-        // SAFETY: queued spans are live and ours.
-        match unsafe { spare.free_tail.as_ref() } {
-            Some(tail) => tail.with_owned(|o, _| o.next_free = me),
-            None => spare.free = me,
-        }
-        spare.free_tail = me;
-    }
-
-    fn pop_free(&mut self, class: usize) -> Option<&'static Span> {
-        let spare = &mut self.spare[class];
-        // SAFETY: queued spans are live and ours.
-        let span = unsafe { spare.free.as_ref() }?;
-        spare.free = span.with_owned(|o, _| {
-            o.has_free = false;
-            o.next_free
-        });
-        if spare.free.is_null() {
-            spare.free_tail = ptr::null_mut();
-        }
-        Some(span)
-    }
-
-    /// Takes the spans freers told us have free objects off our notify
-    /// stack. A span we gave away meanwhile goes on to its mcentral.
-    fn take_notices(&mut self, heap: &Heap) {
-        if self.index == 0 {
-            return;
-        }
-        let stack = heap.owner_stack(self.index);
-        if stack.is_empty() {
-            return;
-        }
-        let mut at = stack.take_all();
-        // SAFETY: notified spans are live (NOTIFIED keeps them from being
-        // retired until their notice is handled).
-        while let Some(span) = unsafe { at.as_ref() } {
-            at = span.next_notified();
-            let state = span.state.load(Ordering::Acquire);
-            if !Span::owned_by_cache(state, self.index) {
-                heap.central[span.class as usize].notify(heap, span);
-                continue;
-            }
-            span.clear_notified();
-            let class = span.class as usize;
-            if !ptr::eq(span, self.classes[class].span) {
-                self.push_free(class, span);
-            }
-        }
-    }
-
-    /// The free of `addr` when the fast path could not take it.
-    #[cold]
-    #[inline(never)]
-    fn dealloc_slow(&mut self, heap: &Heap, stats: &CacheStats, class: usize, addr: usize) {
-        let span = heap.small_span_of(addr, class);
-        match self.mode {
-            Mode::Explicit | Mode::ThreadActive => {}
-            // A thread that only frees still needs its exit flush (its
-            // deferred frees) and its counters in the registry.
-            Mode::ThreadFresh => heap.activate_thread_cache(self, stats),
-            Mode::Exited => {
-                let info = CLASSES[class];
-                return heap.fallback_dealloc(addr, info.size as usize, info.align as usize);
-            }
-        }
-        let Some(idx) = span.object_index(addr) else {
-            report::interior_free(addr, span.elem_size as usize);
-        };
-        let (w, bit) = (idx / 64, 1u64 << (idx % 64));
-        if ptr::eq(span, self.classes[class].span) {
-            stats.classes[class].frees.bump(1);
-            // Our current span. In the window, the fast path only refuses a
-            // free object; elsewhere the bitmap tells.
-            if w == self.classes[class].window || span.give_back(w, bit) != 0 {
-                report::double_free(addr, span.elem_size as usize);
-            }
-            return;
-        }
-        let state = span.state.load(Ordering::Relaxed);
-        if Span::owned_by_cache(state, self.index) {
-            // One of our other spans: no atomics.
-            return self.free_into_owned(heap, stats, class, span, idx);
-        }
-        if self.index != 0 && state & CENTRAL != 0 && heap.central[class].adopt(heap, span, self.index) {
-            // A span nobody holds (its thread exited, say): take it, so our
-            // next frees into it are local and its objects serve us.
-            self.owned_pages += span.npages;
-            self.link_owned(class, span);
-            return self.free_into_owned(heap, stats, class, span, idx);
-        }
-        self.defer_free(heap, class, span, w, bit);
-        stats.classes[class].frees.bump(1);
-        self.count_slow_free(heap, stats);
-    }
-
-    /// Frees object `idx` of `span`, one of the cache's spans other than the
-    /// current one, and remembers the span for the next free.
-    #[inline(always)]
-    fn free_into_owned(&mut self, heap: &Heap, stats: &CacheStats, class: usize, span: &Span, idx: usize) {
-        if !span.free_one(idx) {
-            report::double_free(span.object_addr(idx), span.elem_size as usize);
-        }
-        self.push_free(class, span);
-        let sp = &mut self.spare[class];
-        if !ptr::eq(sp.alt, span) {
-            sp.alt = span;
-            sp.alt_base = span.base;
-            sp.alt_bytes = span.nelems as usize * span.elem_size as usize;
-        }
-        stats.classes[class].frees.bump(1);
-        self.count_slow_free(heap, stats);
-    }
-
-    /// Counts a slow-path free; every so many, looks at the clock for a
-    /// trim, so a thread that frees much and allocates little still trims.
-    #[inline]
-    fn count_slow_free(&mut self, heap: &Heap, stats: &CacheStats) {
-        self.slow_frees += 1;
-        if self.slow_frees >= 16 {
-            self.every_16_slow_frees(heap, stats);
-        }
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn every_16_slow_frees(&mut self, heap: &Heap, stats: &CacheStats) {
-        self.slow_frees = 0;
-        self.maybe_trim(heap, 0);
-        self.publish(stats);
     }
 
     /// Publishes what the cache holds, for `stats()`.
@@ -898,44 +478,502 @@ impl CacheCore {
         stats.owned_pages.set(self.owned_pages as u64);
         stats.large_kept.set(self.large.len() as u64);
         stats.large_kept_bytes.set(self.large.bytes() as u64);
+        if !self.slots.is_null() {
+            let bytes: usize = (1..NUM_CLASSES).map(|c| self.bin_len(c) * CLASSES[c].size as usize).sum();
+            stats.stacked_bytes.set(bytes as u64);
+        }
     }
 
-    /// Collects a free into a span we do not own.
-    fn defer_free(&mut self, heap: &Heap, class: usize, span: &Span, word: usize, bit: u64) {
-        let d = &mut self.spare[class].deferred;
-        if ptr::eq(d.span, span) && d.word == word {
-            if d.mask & bit != 0 {
-                report::double_free(
-                    span.object_addr(word * 64 + bit.trailing_zeros() as usize),
-                    span.elem_size as usize,
-                );
+    // -----------------------------------------------------------------------
+    // Slow paths: allocation.
+
+    /// Refills `class` and allocates from it.
+    #[cold]
+    #[inline(never)]
+    fn refill_alloc<H: Host>(&mut self, host: &H, class: usize) -> *mut u8 {
+        if !self.ready(host) {
+            let info = CLASSES[class];
+            return host.fallback_alloc(info.size as usize, info.align as usize, false);
+        }
+        let heap = host.heap();
+        self.maybe_trim(host, class);
+        let refilled = self.refill(heap, class);
+        self.publish(host.stats());
+        if !refilled {
+            return ptr::null_mut();
+        }
+        self.alloc_class(host, class)
+    }
+
+    /// Whether the cache can serve (setting a fresh thread cache up first).
+    #[inline]
+    fn ready<H: Host>(&mut self, host: &H) -> bool {
+        match self.mode {
+            Mode::Explicit | Mode::ThreadActive => true,
+            Mode::ThreadFresh => {
+                host.activate(self);
+                !matches!(self.mode, Mode::ThreadFresh | Mode::Exited)
             }
-            d.mask |= bit;
+            Mode::Exited => false,
+        }
+    }
+
+    /// Fills the empty stack of `class` with free objects: from the current
+    /// span, its remote frees, the cache's other spans, or the mcentral.
+    /// Returns false when the heap is out of memory.
+    fn refill(&mut self, heap: &Heap, class: usize) -> bool {
+        debug_assert!(self.bins[class].is_empty());
+        let want = stack_cap(class).div_ceil(2);
+        let base = self.bin_base(class);
+        let sp = &mut self.spans[class];
+        sp.busy = true;
+        loop {
+            // SAFETY: the current span is live and ours.
+            if let Some(span) = unsafe { self.spans[class].current.as_ref() } {
+                // SAFETY: the stack is empty: `want` slots from its base.
+                let n = unsafe { span.carve(want, base) };
+                if n > 0 {
+                    self.bins[class].top = base.wrapping_add(n);
+                    return true;
+                }
+                if merge(span) > 0 {
+                    continue;
+                }
+                // Used up: every object is allocated (the stack is empty).
+                self.spans[class].current = ptr::null_mut();
+                self.park_full(heap, class, span);
+            }
+            let sp = &mut self.spans[class];
+            // SAFETY: listed spans are live and ours.
+            if let Some(span) = unsafe { sp.partial.as_ref() } {
+                span.unlink(&mut sp.partial);
+                sp.current = span as *const Span as *mut Span;
+                merge(span);
+                continue;
+            }
+            let tag = self.bins[class].tag;
+            let span = heap.central[class].cache_span(&heap.mheap, class, tag);
+            if span.is_null() {
+                return false;
+            }
+            // SAFETY: a live span, ours now.
+            self.owned_pages += unsafe { (*span).npages };
+            self.spans[class].current = span;
+        }
+    }
+
+    /// Puts a used-up span on the list of full spans; hands the list to the
+    /// mcentral once it holds a batch. The class's stack is empty.
+    fn park_full(&mut self, heap: &Heap, class: usize, span: &Span) {
+        let sp = &mut self.spans[class];
+        span.link_front(&mut sp.full, ListId::CacheFull);
+        sp.nfull += 1;
+        if sp.nfull >= full_batch(class) {
+            self.give_back_full(heap, class);
+        }
+    }
+
+    /// Hands the full spans of `class` to the mcentral (its stack holds
+    /// none of their objects).
+    fn give_back_full(&mut self, heap: &Heap, class: usize) {
+        let sp = &mut self.spans[class];
+        let first = core::mem::replace(&mut sp.full, ptr::null_mut());
+        sp.nfull = 0;
+        self.owned_pages -= count_pages(first);
+        heap.central[class].uncache_list(&heap.mheap, first, self.bins[class].tag);
+    }
+
+    /// A large object: the most recent one of its page count from the
+    /// large-object cache, or one from the mheap.
+    fn alloc_large<H: Host>(&mut self, host: &H, size: usize, align: usize, zero: bool) -> *mut u8 {
+        if self.large.len() > 0
+            && let Some(addr) = self.large.take(size.max(1).div_ceil(PAGE_SIZE), align, size)
+        {
+            host.stats().large_hits.bump(1);
+            self.maybe_trim(host, 0);
+            self.publish(host.stats());
+            if zero {
+                // SAFETY: the object holds at least `size` writable bytes.
+                unsafe { ptr::write_bytes(addr as *mut u8, 0, size) };
+            }
+            return addr as *mut u8;
+        }
+        host.heap().alloc_large(size, align, zero)
+    }
+
+    // -----------------------------------------------------------------------
+    // Slow paths: free.
+
+    /// The free of `addr` when the fast path could not take it: a full
+    /// stack, a span the cache does not own, or a pointer that is wrong.
+    #[cold]
+    #[inline(never)]
+    fn dealloc_slow<H: Host>(&mut self, host: &H, class: usize, addr: usize) {
+        if !self.ready(host) {
+            let info = CLASSES[class];
+            return host.fallback_dealloc(addr, info.size as usize, info.align as usize);
+        }
+        let heap = host.heap();
+        let span = small_span_of(heap, addr, class);
+        if span.object_index(addr).is_none() {
+            report::interior_free(addr, span.elem_size as usize);
+        }
+        // SAFETY: small spans are in arenas.
+        let meta = unsafe { arena::meta_unchecked(addr) };
+        let (alloc, bit) = meta.alloc_bit(addr);
+        let tag = meta.tag_at(addr);
+        let mine = self.bins[class].tag;
+        if tag == mine || (tag == central_tag(mine) && self.adopt(heap, class, span)) {
+            let w = alloc.load(Ordering::Relaxed);
+            if w & bit == 0 {
+                report::double_free(addr, span.elem_size as usize);
+            }
+            alloc.store(w & !bit, Ordering::Relaxed);
+            if self.bins[class].is_full() {
+                self.flush_bin(heap, class);
+            }
+            let b = &mut self.bins[class];
+            // SAFETY: the stack is not full.
+            unsafe {
+                b.top.write(addr);
+                b.top = b.top.add(1);
+            }
+        } else {
+            let (remote, _) = meta.remote_bit(addr);
+            if span.free_remote(addr, alloc, remote, bit) {
+                heap.central[class].notify(&heap.mheap, span);
+            }
+        }
+        host.stats().classes[class].frees.bump(1);
+        self.count_slow_free(host);
+    }
+
+    /// Takes back a span of `class` this cache gave to the mcentral.
+    fn adopt(&mut self, heap: &Heap, class: usize, span: &Span) -> bool {
+        if !heap.central[class].adopt(&heap.mheap, span, self.bins[class].tag) {
+            return false;
+        }
+        self.owned_pages += span.npages;
+        let sp = &mut self.spans[class];
+        if span.nfree() > 0 {
+            span.link_front(&mut sp.partial, ListId::CachePartial);
+        } else {
+            span.link_front(&mut sp.full, ListId::CacheFull);
+            sp.nfull += 1;
+        }
+        true
+    }
+
+    /// Moves the older half of the full stack of `class` back into its
+    /// spans. Spans that become wholly free go back to the mcentral.
+    fn flush_bin(&mut self, heap: &Heap, class: usize) {
+        let len = self.bin_len(class);
+        self.return_objects(heap, class, len.div_ceil(2));
+    }
+
+    /// Returns the `n` oldest objects of the stack of `class` to their spans.
+    fn return_objects(&mut self, heap: &Heap, class: usize, n: usize) {
+        self.spans[class].busy = true;
+        let base = self.bin_base(class);
+        let len = self.bin_len(class);
+        let mut empty: *mut Span = ptr::null_mut();
+        for i in 0..n {
+            // SAFETY: i < len: a pushed object of a span this cache owns.
+            let addr = unsafe { base.add(i).read() };
+            let Some((_, span)) = arena::span_of(addr) else {
+                report::invalid_free(addr);
+            };
+            // SAFETY: the span of a stacked object is live and ours.
+            let span = unsafe { &*span };
+            let freed = span.object_index(addr).is_some_and(|idx| span.free_object(idx));
+            if !freed {
+                report::double_free(addr, span.elem_size as usize);
+            }
+            let sp = &mut self.spans[class];
+            match span.with_owned(|o, _| o.list) {
+                ListId::CacheFull => {
+                    span.unlink(&mut sp.full);
+                    sp.nfull -= 1;
+                    span.link_front(&mut sp.partial, ListId::CachePartial);
+                }
+                ListId::CachePartial if span.all_free() => {
+                    span.unlink(&mut sp.partial);
+                    span.link_front(&mut empty, ListId::None);
+                }
+                _ => {}
+            }
+        }
+        // SAFETY: n <= len; the rest of the stack moves down.
+        unsafe {
+            ptr::copy(base.add(n), base, len - n);
+            self.bins[class].top = base.add(len - n);
+        }
+        if !empty.is_null() {
+            // The spans left holding no object of the stack (a span whose
+            // last objects came back to it in this flush), wholly free.
+            self.owned_pages -= count_pages(empty);
+            heap.central[class].uncache_list(&heap.mheap, empty, self.bins[class].tag);
+        }
+    }
+
+    /// Empties the stack of `class` into its spans and gives every span of
+    /// the class back to the mcentral.
+    fn give_back_class(&mut self, heap: &Heap, class: usize) {
+        let len = self.bin_len(class);
+        // Mutant: the spans go back with the stack's objects still in it.
+        if len > 0 && cfg!(not(spanalloc_mutant = "handoff_keeps_stack")) {
+            self.return_objects(heap, class, len);
+        }
+        let sp = &mut self.spans[class];
+        let mut all = core::mem::replace(&mut sp.full, ptr::null_mut());
+        sp.nfull = 0;
+        // SAFETY: the current span and listed spans are live and ours.
+        if let Some(cur) = unsafe { sp.current.as_ref() } {
+            cur.link_front(&mut all, ListId::None);
+            sp.current = ptr::null_mut();
+        }
+        while let Some(span) = unsafe { sp.partial.as_ref() } {
+            span.unlink(&mut sp.partial);
+            span.link_front(&mut all, ListId::None);
+        }
+        self.owned_pages -= count_pages(all);
+        heap.central[class].uncache_list(&heap.mheap, all, self.bins[class].tag);
+        self.spans[class].busy = false;
+    }
+
+    /// Frees a large object into the large-object cache, or to the mheap if
+    /// it is too big to keep.
+    fn free_large<H: Host>(&mut self, host: &H, addr: usize) {
+        match self.mode {
+            Mode::Explicit | Mode::ThreadActive => {}
+            // Kept objects need the exit flush.
+            Mode::ThreadFresh => {
+                if !self.ready(host) {
+                    return host.fallback_dealloc(addr, MAX_SMALL + 1, 8);
+                }
+            }
+            Mode::Exited => return host.heap().free_large(addr),
+        }
+        let heap = host.heap();
+        let (_, span) = heap.mheap.large_span_of(addr);
+        if !self.large.put(heap, span) {
+            return heap.free_large(addr);
+        }
+        self.maybe_trim(host, 0);
+        self.publish(host.stats());
+    }
+
+    // -----------------------------------------------------------------------
+    // Trimming.
+
+    /// Counts a slow-path free; every so many, looks at the clock for a
+    /// trim, so a thread that frees much and allocates little still trims.
+    #[inline]
+    fn count_slow_free<H: Host>(&mut self, host: &H) {
+        self.slow_frees += 1;
+        if self.slow_frees >= 16 {
+            self.slow_frees = 0;
+            self.maybe_trim(host, 0);
+            self.publish(host.stats());
+        }
+    }
+
+    /// Runs [`CacheCore::trim`] and the heap's scavenger tick when due (it
+    /// reads the clock every 16th call).
+    fn maybe_trim<H: Host>(&mut self, host: &H, keep: usize) {
+        self.clock_skip = self.clock_skip.wrapping_add(1);
+        if self.clock_skip % 16 != 1 {
             return;
         }
-        self.land_deferred(heap, class);
-        self.spare[class].deferred = Deferred {
-            span: span as *const Span as *mut Span,
-            word,
-            mask: bit,
-            base: span.base,
-            bytes: span.nelems as usize * span.elem_size as usize,
-        };
+        let now = os::now_ms();
+        if now >= self.next_trim {
+            self.next_trim = now + TICK_MS;
+            self.trim(host.heap(), keep);
+        }
+        host.heap().maybe_tick(now);
     }
 
-    /// Lands the deferred frees of `class` in their span.
-    fn land_deferred(&mut self, heap: &Heap, class: usize) {
-        let d = core::mem::replace(&mut self.spare[class].deferred, NO_DEFERRED);
-        // SAFETY: the span cannot be retired while our frees are not landed.
-        if let Some(span) = unsafe { d.span.as_ref() } {
-            let wake = span.free_remote(d.word, d.mask);
-            heap.notify(span, wake);
+    /// Gives back, at most once per scavenger tick, what the cache holds
+    /// for nothing: every class but `keep` that neither refilled nor
+    /// flushed since the last trim empties its stack into its spans and
+    /// gives them all back; busy classes give back their used-up spans when
+    /// their stack is empty. So a thread that freed a peak lets the heap
+    /// return it to the OS, while a busy thread keeps what it uses.
+    #[cold]
+    fn trim(&mut self, heap: &Heap, keep: usize) {
+        self.large.trim(heap);
+        if self.slots.is_null() {
+            return;
+        }
+        for class in 1..NUM_CLASSES {
+            let sp = self.spans[class];
+            if sp.current.is_null() && sp.partial.is_null() && sp.full.is_null() {
+                continue;
+            }
+            if !sp.busy && class != keep {
+                self.give_back_class(heap, class);
+            } else {
+                self.spans[class].busy = false;
+                if sp.nfull > 0 && self.bins[class].is_empty() {
+                    self.give_back_full(heap, class);
+                }
+            }
         }
     }
 }
 
-/// A cache of spans bound to one [`Heap`]: the allocation API for a thread,
-/// a worker of a runtime, or a test that holds its cache explicitly.
+/// Pages of the spans on the list from `first` (through `Owned::next`).
+fn count_pages(first: *mut Span) -> usize {
+    let mut n = 0;
+    let mut at = first;
+    // SAFETY: listed spans are live.
+    while let Some(span) = unsafe { at.as_ref() } {
+        n += span.npages;
+        at = span.with_owned(|o, _| o.next);
+    }
+    n
+}
+
+/// Merges the remote frees of a span the cache owns.
+fn merge(span: &Span) -> u32 {
+    // SAFETY: small spans are in arenas.
+    let meta = unsafe { arena::meta_unchecked(span.base) };
+    let (alloc, remote) = meta.span_words(span.base, span.npages);
+    span.collect(alloc, remote, false)
+}
+
+/// The span of a small object at `addr` of `class`, or a fatal report
+/// saying what is wrong with the pointer.
+fn small_span_of(heap: &Heap, addr: usize, class: usize) -> &'static Span {
+    let Some((meta, span)) = arena::span_of(addr) else {
+        report::invalid_free(addr);
+    };
+    if meta.heap_id != heap.mheap.id.load(Ordering::Relaxed) {
+        report::wrong_heap(addr);
+    }
+    // SAFETY: a non-null page entry points at a live record.
+    let Some(span) = (unsafe { span.as_ref() }) else {
+        report::invalid_free(addr);
+    };
+    if span.kind != SpanKind::Small || span.class as usize != class {
+        let actual = if span.kind == SpanKind::Small { span.elem_size as usize } else { span.npages * PAGE_SIZE };
+        report::layout_mismatch(addr, CLASSES[class].size as usize, actual);
+    }
+    span
+}
+
+/// Aborts unless `addr` is a live (allocated, not freed) object of `class`
+/// (`realloc` in place).
+fn check_live(heap: &Heap, class: usize, addr: usize) {
+    let span = small_span_of(heap, addr, class);
+    if span.object_index(addr).is_none() {
+        report::interior_free(addr, span.elem_size as usize);
+    }
+    // SAFETY: small spans are in arenas.
+    let meta = unsafe { arena::meta_unchecked(addr) };
+    let (alloc, bit) = meta.alloc_bit(addr);
+    let (remote, _) = meta.remote_bit(addr);
+    if alloc.load(Ordering::Acquire) & bit == 0 || remote.load(Ordering::Acquire) & bit != 0 {
+        report::double_free(addr, span.elem_size as usize);
+    }
+}
+
+/// The caches' slot arrays: mapped once, reused by later caches.
+mod slot_arrays {
+    use super::SLOT_BYTES;
+    use crate::os;
+
+    #[cfg(not(loom))]
+    mod pool {
+        use crate::sync::unmodelled::SpinLock;
+
+        pub(super) static LOCK: SpinLock = SpinLock::new();
+        /// Given-back arrays, linked through their first word (under LOCK).
+        pub(super) static mut FREE: *mut usize = core::ptr::null_mut();
+    }
+
+    /// A slot array (zero or stale contents: stacks start empty).
+    pub(super) fn take() -> Option<*mut usize> {
+        #[cfg(not(loom))]
+        {
+            pool::LOCK.lock();
+            // SAFETY: FREE is only touched under LOCK; listed arrays are ours.
+            let got = unsafe {
+                let head = *core::ptr::addr_of!(pool::FREE);
+                if !head.is_null() {
+                    *core::ptr::addr_of_mut!(pool::FREE) = head.read() as *mut usize;
+                }
+                head
+            };
+            // SAFETY: taken above.
+            unsafe { pool::LOCK.unlock() };
+            if !got.is_null() {
+                return Some(got);
+            }
+        }
+        os::map(SLOT_BYTES).map(|p| p.cast())
+    }
+
+    /// Gives a slot array back for the next cache.
+    pub(super) fn give(slots: *mut usize) {
+        #[cfg(not(loom))]
+        {
+            pool::LOCK.lock();
+            // SAFETY: under LOCK; the array is ours and unused.
+            unsafe {
+                slots.write(*core::ptr::addr_of!(pool::FREE) as usize);
+                *core::ptr::addr_of_mut!(pool::FREE) = slots;
+                pool::LOCK.unlock();
+            }
+        }
+        #[cfg(loom)]
+        os::unmap(slots.cast(), SLOT_BYTES);
+    }
+
+    /// The pool's lock, for `fork`.
+    #[cfg(not(loom))]
+    pub(crate) fn lock_for_fork() -> &'static crate::sync::unmodelled::SpinLock {
+        &pool::LOCK
+    }
+}
+
+#[cfg(not(loom))]
+pub(crate) use slot_arrays::lock_for_fork as slot_lock_for_fork;
+
+// ---------------------------------------------------------------------------
+// The explicit cache.
+
+/// The host of an explicit cache: its heap and counters.
+struct Explicit<'a> {
+    heap: &'a Heap,
+    stats: &'a CacheStats,
+}
+
+impl Host for Explicit<'_> {
+    #[inline(always)]
+    fn heap(&self) -> &Heap {
+        self.heap
+    }
+
+    #[inline(always)]
+    fn stats(&self) -> &CacheStats {
+        self.stats
+    }
+
+    fn activate(&self, _core: &mut CacheCore) {}
+
+    fn fallback_alloc(&self, _size: usize, _align: usize, _zero: bool) -> *mut u8 {
+        ptr::null_mut()
+    }
+
+    fn fallback_dealloc(&self, addr: usize, _size: usize, _align: usize) {
+        report::invalid_free(addr);
+    }
+}
+
+/// A cache of free objects and spans bound to one [`Heap`]: the
+/// allocation API for a thread, a worker of a runtime, or a test that
+/// holds its cache explicitly.
 ///
 /// ```
 /// use core::alloc::Layout;
@@ -947,8 +985,8 @@ impl CacheCore {
 /// unsafe { cache.dealloc(p, layout) };
 /// ```
 ///
-/// Dropping the cache gives its spans back to the heap. Objects may be
-/// freed through any cache of the same heap, on any thread.
+/// Dropping the cache gives its objects and spans back to the heap.
+/// Objects may be freed through any cache of the same heap, on any thread.
 pub struct MCache<'h> {
     core: CacheCore,
     stats: CacheStats,
@@ -960,30 +998,29 @@ unsafe impl Send for MCache<'_> {}
 
 impl<'h> MCache<'h> {
     /// A new, empty cache for `heap`.
+    ///
+    /// Aborts with a report if the process has no cache index left (more
+    /// than 16 million caches alive) or the kernel refuses the cache's few
+    /// kilobytes of slots.
     pub fn new(heap: &'h Heap) -> Self {
         let mut core = CacheCore::new(Mode::Explicit);
-        core.index = heap.take_index();
+        if !core.attach() {
+            report::fatal_resource("a cache (no cache index or slot memory left)");
+        }
         MCache { core, stats: CacheStats::new(), heap }
-    }
-
-    /// A cache without an index: it owns only its current spans, and frees
-    /// into other spans always go to them as remote frees. This is how a
-    /// cache works when every index is taken (and how the fallback cache of
-    /// exited threads works); tests and models use it to reach those paths.
-    #[doc(hidden)]
-    pub fn without_index(heap: &'h Heap) -> Self {
-        MCache { core: CacheCore::new(Mode::Explicit), stats: CacheStats::new(), heap }
     }
 
     /// Allocates memory for `layout`; null when out of memory.
     #[inline]
     pub fn alloc(&mut self, layout: Layout) -> *mut u8 {
-        self.core.alloc(self.heap, &self.stats, layout.size(), layout.align())
+        let host = Explicit { heap: self.heap, stats: &self.stats };
+        self.core.alloc(&host, layout.size(), layout.align())
     }
 
     /// Allocates zeroed memory for `layout`; null when out of memory.
     pub fn alloc_zeroed(&mut self, layout: Layout) -> *mut u8 {
-        self.core.alloc_zeroed(self.heap, &self.stats, layout.size(), layout.align())
+        let host = Explicit { heap: self.heap, stats: &self.stats };
+        self.core.alloc_zeroed(&host, layout.size(), layout.align())
     }
 
     /// Frees `ptr`.
@@ -993,8 +1030,9 @@ impl<'h> MCache<'h> {
     /// and not freed since.
     #[inline]
     pub unsafe fn dealloc(&mut self, ptr: *mut u8, layout: Layout) {
+        let host = Explicit { heap: self.heap, stats: &self.stats };
         // SAFETY: forwarded from the caller.
-        unsafe { self.core.dealloc(self.heap, &self.stats, ptr, layout.size(), layout.align()) }
+        unsafe { self.core.dealloc(&host, ptr, layout.size(), layout.align()) }
     }
 
     /// Resizes `ptr` to `new_size` bytes, as `GlobalAlloc::realloc`.
@@ -1002,11 +1040,12 @@ impl<'h> MCache<'h> {
     /// # Safety
     /// As for `GlobalAlloc::realloc`, with this cache's heap.
     pub unsafe fn realloc(&mut self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let host = Explicit { heap: self.heap, stats: &self.stats };
         // SAFETY: forwarded from the caller.
-        unsafe { self.core.realloc(self.heap, &self.stats, ptr, layout.size(), layout.align(), new_size) }
+        unsafe { self.core.realloc(&host, ptr, layout.size(), layout.align(), new_size) }
     }
 
-    /// Gives every cached span and deferred free back to the heap now.
+    /// Gives every cached object and span back to the heap now.
     pub fn flush(&mut self) {
         self.core.flush(self.heap);
         self.core.publish(&self.stats);
@@ -1022,7 +1061,14 @@ impl Drop for MCache<'_> {
     fn drop(&mut self) {
         self.core.flush(self.heap);
         self.core.publish(&self.stats);
-        self.heap.give_index(self.core.index);
+        self.core.detach();
         self.heap.absorb_stats(&self.stats);
+    }
+}
+
+impl Heap {
+    /// A new cache for this heap (see [`MCache`]).
+    pub fn cache(&self) -> MCache<'_> {
+        MCache::new(self)
     }
 }

@@ -29,7 +29,7 @@
 
 use core::ptr;
 
-use crate::arena::{self, ArenaMeta, END_PAGE, FIRST_PAGE};
+use crate::arena::{self, ArenaMeta, END_PAGE, FIRST_PAGE, TAG_LARGE};
 use crate::fixalloc::SpanPool;
 use crate::mspan::{LARGE_LIVE, LARGE_RETURNED, Span, SpanKind, bucket_for};
 use crate::os;
@@ -208,9 +208,10 @@ impl MHeap {
         }
     }
 
-    /// A fresh span of `class`, every object free, owned by the mcache with
-    /// index `owner`. Null when the kernel gives no more memory.
-    pub(crate) fn alloc_span(&self, class: usize, owner: u32) -> *mut Span {
+    /// A fresh span of `class`, every object free, owned by the mcache whose
+    /// tag for the class is `tag` (its pages are tagged so). Null when the
+    /// kernel gives no more memory.
+    pub(crate) fn alloc_span(&self, class: usize, tag: u32) -> *mut Span {
         let info = CLASSES[class];
         let n = info.pages as usize;
         let bucket = bucket_for(info.nelems.div_ceil(64) as usize);
@@ -225,13 +226,16 @@ impl MHeap {
         };
         // SAFETY: the run's arena is live; the record is ours alone.
         let meta = unsafe { &*run.meta };
-        unsafe { (*span).init_small(meta.page_addr(run.page), class, owner) };
+        let base = meta.page_addr(run.page);
+        unsafe { (*span).init_small(base, class) };
+        meta.set_tags(base, n, tag);
         meta.set_spans(run.page, n, span);
         self.counters.small_pages.add_shared(n as u64);
         span
     }
 
-    /// Takes back a small span whose objects are all free.
+    /// Takes back a small span whose objects are all free (retired: its
+    /// state is `POOL`).
     pub(crate) fn free_span(&self, span: *mut Span) {
         // SAFETY: the caller hands over a retired span; its fields are stable.
         let (base, n) = unsafe { ((*span).base, (*span).npages) };
@@ -240,6 +244,7 @@ impl MHeap {
         };
         let page = ArenaMeta::page_of(base);
         let mut st = self.state.lock();
+        meta.set_tags(base, n, 0);
         meta.set_spans(page, n, ptr::null_mut());
         st.put_pages(meta, page, n, &self.counters);
         st.pool.put(span);
@@ -285,6 +290,7 @@ impl MHeap {
         let base = meta.page_addr(run.page);
         let needzero = run.clean != n;
         unsafe { (*span).init_large(base, n, size, needzero) };
+        meta.set_tags(base, 1, TAG_LARGE);
         meta.set_spans(run.page, 1, span);
         drop(st);
         self.counters.large_allocs.add_shared(1);
@@ -311,6 +317,7 @@ impl MHeap {
         st.huge = meta;
         unsafe { (*span).init_large(object, bytes / PAGE_SIZE, bytes, false) };
         m.set_spans(ArenaMeta::page_of(object), 1, span);
+        m.set_tags(object, 1, TAG_LARGE);
         drop(st);
         let sys = m.pages.with(|p| unsafe { (*p).reserved }) / PAGE_SIZE;
         self.counters.sys_pages.add_shared(sys as u64);
@@ -367,6 +374,7 @@ impl MHeap {
             crate::report::double_free(addr, bytes);
         }
         meta.set_spans(page, 1, ptr::null_mut());
+        meta.tags[page].store(0, Ordering::Release);
         if meta.huge {
             let target = meta as *const ArenaMeta as *mut ArenaMeta;
             // Unlink from the huge list.
@@ -495,7 +503,7 @@ impl MHeap {
             let m = unsafe { &*meta };
             let base = m.base();
             released += m.pages.with_mut(|p| unsafe { (*p).scavenge(base, all) });
-            m.release_map();
+            m.release_meta();
             meta = m.pages.with(|p| unsafe { (*p).next });
         }
         drop(st);

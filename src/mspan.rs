@@ -6,66 +6,69 @@
 //! never in the pages it describes, so nothing a user writes into an object
 //! can corrupt it (invariant 2).
 //!
-//! # Who may touch what
+//! # Where an object's state lives
 //!
-//! - **Identity** (`base`, `class`, `nelems`, ...) is written by the mheap
-//!   while it alone holds the span and read by anyone holding a pointer into
-//!   it.
-//! - **The owner view** (`owned`: the free bitmap, the list links) belongs
-//!   to the span's single owner: the mcache that holds it, or its mcentral
-//!   under the mcentral's lock (invariant 1). A bit set in `free_bits` is a
-//!   free object.
-//! - **The shared part** (`state`, `remote_bits`) is where frees from
-//!   anyone but the owner land, lock-free.
+//! A small object is in exactly one of these states, and each state is
+//! written by one party:
+//!
+//! | state | where it shows | written by |
+//! |---|---|---|
+//! | free in the span | its bit in the record's `free_bits` | the span's owner |
+//! | free in a cache's stack | a pointer in the stack, no bit set | that cache, which owns the span |
+//! | allocated | its bit in the arena's `alloc` bitmap | the span's owner |
+//! | freed by a non-owner, not merged | `alloc` and `remote` bits both set | the freer sets `remote` |
+//!
+//! The **owner** is the mcache that holds the span or, for a span no cache
+//! holds, its mcentral under its lock (invariant 1). Only the owner writes
+//! `free_bits` and the span's `alloc` bits, so it needs no atomic
+//! read-modify-write for them; anyone may read `alloc` bits.
 //!
 //! # Frees that are not the owner's
 //!
-//! A thread that frees an object of a span it does not own sets the
-//! object's bit in `remote_bits` (`fetch_or`), *then* adds the number of
-//! bits it set to `pending` in `state` (a CAS). The owner merges remote bits
-//! into its bitmap when it runs out of free objects ([`Span::collect`]).
-//! The free itself takes no lock; callers batch frees of one bitmap word so
-//! a stream of frees into one span costs one `fetch_or` and one CAS per
-//! word.
+//! A thread that frees an object of a span it does not own checks that the
+//! object is allocated, sets its `remote` bit with one `fetch_or` (which
+//! also says whether another free got there first: a double free), and
+//! leaves the rest to the owner, which merges remote frees into its view
+//! ([`Span::collect`]) when it runs out of objects. The free is published
+//! at once, so a second free of the object, by anyone, in any order, finds
+//! it already free; nothing is batched in the freeing thread.
 //!
 //! `state` packs, in one atomic word:
 //!
 //! | bits  | field      | meaning |
 //! |-------|------------|---------|
 //! | 0     | `CENTRAL`  | the mcentral owns the span (no mcache does) |
-//! | 1     | `FULL`     | ... and it sits on no list: no free object at hand-over |
-//! | 2     | `NOTIFIED` | a freer has queued the span on a notify stack |
-//! | 4-20  | `owner`    | the index of the mcache that owns the span (0: none) |
-//! | 21-31 | `nalloc`   | objects allocated when the mcentral took the span |
-//! | 32-63 | `pending`  | remote frees counted and not yet merged (signed) |
+//! | 1     | `FULL`     | ... and it sits on no list: it had no free object when listed |
+//! | 2     | `NOTIFIED` | a freer has queued the span on its mcentral's notify stack |
+//! | 3     | `POOL`     | the record describes no span (it is in the span pool) |
+//! | 32-63 | `gen`      | the record's life: bumped each time it describes a new span |
 //!
-//! A freer's CAS sees the whole story and decides who must hear of it:
+//! A span an mcache owns has no flag set. Freers read `state` only to find
+//! the one transition somebody must hear of: a `FULL` span got a free
+//! object. That freer swaps `FULL` for `NOTIFIED` (a CAS) and pushes the
+//! span on its mcentral's notify stack; the mcentral lists it again under
+//! its lock. `NOTIFIED` is cleared only by the mcentral that pops the span,
+//! so a span is on at most one stack, and a span that is `NOTIFIED` is
+//! never retired.
 //!
-//! - **An mcache owns the span.** The owner merges remote frees when the
-//!   span is its current one, but it also keeps spans with no free object
-//!   aside. So when `pending` rises above zero, the freer sets `NOTIFIED`
-//!   and pushes the span on the owner's notify stack (in the [`Heap`]'s
-//!   table, by index); the owner pops it on its next refill and puts it
-//!   back among its spans with free objects.
-//! - **The mcentral owns the span.** Nobody allocates from it, so when
-//!   `pending` rises above zero on a `FULL` span the span has become
-//!   reusable, and when `pending` reaches `nalloc` every object is free. In
-//!   either case the freer sets `NOTIFIED` and pushes the span on its
-//!   mcentral's notify stack; the mcentral moves it (to the partial list, or
-//!   the empty list and on to the mheap) under its lock.
+//! # Hand-overs and late frees
 //!
-//! `NOTIFIED` is cleared only by whoever pops the span, so a span is on at
-//! most one stack at a time; a stack holder that finds a span it does not
-//! own forwards it to the mcentral. A span is given back to the mheap only
-//! when it is the mcentral's, not `NOTIFIED`, and `pending == nalloc`: then
-//! no freer can still be touching it.
+//! Whoever changes a span's owner or marks it `FULL` does it in this order:
+//! first the new `state` (a CAS), then a `swap` of every remote word that
+//! can hold an object's bit ([`Span::collect`] with `sync`). A freer does
+//! the opposite: `fetch_or` on its word, then it reads `state`. For any one
+//! word the two read-modify-writes are ordered; if the freer's comes second
+//! it synchronises with the swap and sees the new state (so it queues a
+//! span that became `FULL`); if it comes first, the swap merges its free.
+//! No free is stranded in a span that its owner believes full.
 //!
-//! [`Heap`]: crate::Heap
+//! # Retiring
 //!
-//! `pending` may dip below zero: the owner merges every bit it finds, and a
-//! freer whose bits were merged may not have counted them yet. Such a freer
-//! brings `pending` back up; the `pending == nalloc` test above can only
-//! succeed once every freer has counted.
+//! A span whose objects are all free goes back to the mheap from its
+//! mcentral ([`Span::retire`]): `state` becomes `POOL` with the next `gen`.
+//! A freer whose free was merged may still be between its `fetch_or` and
+//! its look at `state`; it compares the `gen` it read before freeing, finds
+//! another life, and does nothing.
 
 use core::ptr;
 
@@ -89,39 +92,42 @@ pub(crate) enum SpanKind {
 /// Which list a span is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ListId {
-    /// On no list: an mcache's current span, a floating span, or the mheap's.
+    /// On no list: an mcache's current span, a `FULL` mcentral span, or
+    /// the mheap's.
     None,
-    /// On its owning mcache's list of spans (all but its current ones).
-    Cache,
-    /// Has free objects.
+    /// On its mcache's list of spans with free objects (not the current one).
+    CachePartial,
+    /// On its mcache's list of spans with no free object, waiting to go to
+    /// the mcentral.
+    CacheFull,
+    /// On the mcentral's list of spans with free objects.
     Partial,
-    /// Every object is free.
+    /// On the mcentral's list of spans whose objects are all free.
     Empty,
-    /// Owned by the mcentral with no free object, on no list; a remote free
-    /// brings it back through the notify stack.
+    /// The mcentral's, with no free object: `FULL`, on no list.
     Full,
 }
 
 /// The owner's view of a span (see the module docs for who the owner is).
 #[derive(Debug)]
 pub(crate) struct Owned {
-    /// Free objects in `free_bits` (the owner's own count; an mcache's
-    /// current window is held outside the bitmap and not counted here).
+    /// Objects free in `free_bits`.
     pub(crate) nfree: u32,
-    /// List links: the mcentral's lists, an mcache's list of the spans it
-    /// owns, the mheap's span pool.
+    /// List links: the mcentral's lists, an mcache's lists, the mheap's
+    /// span pool.
     pub(crate) prev: *mut Span,
     pub(crate) next: *mut Span,
     pub(crate) list: ListId,
-    /// An mcache's stack of its spans with free objects.
-    pub(crate) next_free: *mut Span,
-    /// On that stack.
-    pub(crate) has_free: bool,
 }
 
 pub(crate) const CENTRAL: u64 = 1;
 pub(crate) const FULL: u64 = 2;
 pub(crate) const NOTIFIED: u64 = 4;
+pub(crate) const POOL: u64 = 8;
+const FLAGS: u64 = CENTRAL | FULL | NOTIFIED | POOL;
+const GEN_SHIFT: u32 = 32;
+/// Where a record's first life starts in `gen`: its chunk's epoch, shifted.
+const EPOCH_SHIFT: u32 = 20;
 
 // The `state` of a large span: its object is in use; kept in a thread's
 // large-object cache (freed by the user); or on its way back to the mheap.
@@ -129,54 +135,27 @@ pub(crate) const NOTIFIED: u64 = 4;
 pub(crate) const LARGE_LIVE: u64 = 0;
 pub(crate) const LARGE_CACHED: u64 = 1;
 pub(crate) const LARGE_RETURNED: u64 = 2;
-const OWNER_SHIFT: u32 = 4;
-const OWNER_MASK: u64 = (MAX_OWNER as u64) << OWNER_SHIFT;
-const NALLOC_SHIFT: u32 = 21;
-const NALLOC_MASK: u64 = 0x7ff << NALLOC_SHIFT;
-const PENDING_SHIFT: u32 = 32;
-/// The largest mcache index a span state can name (0 names none).
-pub(crate) const MAX_OWNER: u32 = (1 << 17) - 1;
 
-static_assertions::const_assert!(crate::sizeclass::MAX_NELEMS < 0x7ff);
-static_assertions::const_assert_eq!(OWNER_MASK & NALLOC_MASK, 0);
-
-/// The mcache index in a state word.
+/// The record's life in a `state` word.
 #[inline]
-pub(crate) fn owner(state: u64) -> u32 {
-    ((state & OWNER_MASK) >> OWNER_SHIFT) as u32
+pub(crate) fn generation(state: u64) -> u32 {
+    (state >> GEN_SHIFT) as u32
 }
 
+/// The flags of a `state` word.
 #[inline]
-fn with_owner(state: u64, owner: u32) -> u64 {
-    (state & !OWNER_MASK) | ((owner as u64) << OWNER_SHIFT)
+pub(crate) fn flags(state: u64) -> u64 {
+    state & FLAGS
 }
 
-/// The state of a span owned by mcache `owner` (no flags, nothing pending).
-#[inline]
-pub(crate) fn owned_by(owner: u32) -> u64 {
-    with_owner(0, owner)
-}
-
-/// Decoders for the packed `state` word.
-#[inline]
-pub(crate) fn pending(state: u64) -> i32 {
-    (state >> PENDING_SHIFT) as u32 as i32
-}
-
-#[inline]
-pub(crate) fn nalloc(state: u64) -> i32 {
-    ((state & NALLOC_MASK) >> NALLOC_SHIFT) as i32
-}
-
-#[inline]
-fn with_nalloc(state: u64, n: u32) -> u64 {
-    (state & !NALLOC_MASK) | ((n as u64) << NALLOC_SHIFT)
-}
-
-#[inline]
-fn add_pending(state: u64, k: i32) -> u64 {
-    state.wrapping_add(((k as i64) << PENDING_SHIFT) as u64)
-}
+/// How a merge takes remote frees: it must acquire, so that the object's
+/// next user happens after its freer (mutant `merge_relaxed` weakens the
+/// owner's own merges), and a hand-over's must also release (module docs).
+const MERGE: Ordering = Ordering::AcqRel;
+#[cfg(not(spanalloc_mutant = "merge_relaxed"))]
+const OWNER_MERGE: Ordering = Ordering::AcqRel;
+#[cfg(spanalloc_mutant = "merge_relaxed")]
+const OWNER_MERGE: Ordering = Ordering::Relaxed;
 
 /// A span record. See the module docs.
 #[repr(C, align(64))]
@@ -191,7 +170,7 @@ pub(crate) struct Span {
     pub(crate) nelems: u32,
     pub(crate) class: u8,
     pub(crate) kind: SpanKind,
-    /// Bitmap words (capacity of the storage after the record).
+    /// Free-bitmap words (capacity of the storage after the record).
     pub(crate) words: u8,
     /// Span-pool bucket this record came from.
     pub(crate) bucket: u8,
@@ -199,11 +178,9 @@ pub(crate) struct Span {
     pub(crate) needzero: bool,
     pub(crate) owned: UnsafeCell<Owned>,
     /// Free bitmap storage (`words` words, owner view; read only through
-    /// `owned`).
+    /// `owned`). Bit `i` set: object `i` is free in the span.
     free_bits: *mut u64,
-    /// Remote-free bitmap storage (`words` words).
-    remote_bits: *const AtomicU64,
-    /// Small spans: the packed word of the module docs. Large spans:
+    /// The packed word of the module docs (small spans). Large spans:
     /// `LARGE_LIVE`, `LARGE_CACHED` or `LARGE_RETURNED`.
     pub(crate) state: AtomicU64,
     /// Link on the mcentral's notify stack.
@@ -215,10 +192,9 @@ pub(crate) struct Span {
 unsafe impl Send for Span {}
 unsafe impl Sync for Span {}
 
-/// A lock-free stack of spans, linked through `Span::notify_next`: the
-/// notify stacks of the mcentrals and of the mcaches. Any thread pushes a
-/// span whose `NOTIFIED` bit it set; the stack's holder takes them all at
-/// once, so there is no ABA.
+/// A lock-free stack of spans, linked through `Span::notify_next`: an
+/// mcentral's notify stack. Any thread pushes a span whose `NOTIFIED` bit
+/// it set; the stack's holder takes them all at once, so there is no ABA.
 #[repr(transparent)]
 pub(crate) struct NotifyStack(AtomicPtr<Span>);
 
@@ -242,11 +218,6 @@ impl NotifyStack {
                 Err(x) => head = x,
             }
         }
-    }
-
-    /// Whether the stack looks empty (a hint, for skipping `take_all`).
-    pub(crate) fn is_empty(&self) -> bool {
-        self.0.load(Ordering::Relaxed).is_null()
     }
 
     /// Takes every span; returns the first (walk with [`Span::next_notified`]).
@@ -274,39 +245,27 @@ pub(crate) fn bucket_for(words: usize) -> usize {
     b
 }
 
-/// Bytes of a span record plus its bitmaps in `bucket`.
+/// Bytes of a span record plus its bitmap in `bucket`.
 pub(crate) fn record_bytes(bucket: usize) -> usize {
-    let raw = size_of::<Span>() + 2 * 8 * BUCKET_WORDS[bucket];
+    let raw = size_of::<Span>() + 8 * BUCKET_WORDS[bucket];
     (raw + 63) & !63
 }
 
-/// Who must hear of a remote free (see [`Span::free_remote`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Wake {
-    /// Nobody.
-    None,
-    /// The mcentral: push the span on its notify stack.
-    Central,
-    /// The mcache with this index: push the span on its notify stack.
-    Owner(u32),
-}
-
 impl Span {
-    /// Builds a record in place in fresh metadata memory.
+    /// Builds a record in place in fresh metadata memory, its lives
+    /// counted from `epoch` (see `fixalloc`).
     ///
     /// # Safety
     /// `at` must be valid for `record_bytes(bucket)` bytes, 64-aligned, and
     /// not in use.
-    pub(crate) unsafe fn create(at: *mut Span, bucket: usize) -> *mut Span {
+    pub(crate) unsafe fn create(at: *mut Span, bucket: usize, epoch: u32) -> *mut Span {
         let words = BUCKET_WORDS[bucket];
-        // SAFETY: the caller gives us the whole record; the bitmaps follow
+        // SAFETY: the caller gives us the whole record; the bitmap follows
         // the struct inside it.
         unsafe {
             let free_bits = at.add(1).cast::<u64>();
-            let remote_bits = free_bits.add(words).cast::<AtomicU64>();
             for i in 0..words {
                 free_bits.add(i).write(0);
-                remote_bits.add(i).write(AtomicU64::new(0));
             }
             at.write(Span {
                 base: 0,
@@ -324,12 +283,9 @@ impl Span {
                     prev: ptr::null_mut(),
                     next: ptr::null_mut(),
                     list: ListId::None,
-                    next_free: ptr::null_mut(),
-                    has_free: false,
                 }),
                 free_bits,
-                remote_bits,
-                state: AtomicU64::new(0),
+                state: AtomicU64::new(POOL | ((epoch as u64) << (GEN_SHIFT + EPOCH_SHIFT))),
                 notify_next: UnsafeCell::new(ptr::null_mut()),
             });
         }
@@ -337,11 +293,12 @@ impl Span {
     }
 
     /// Makes this record describe a small span of `class` at `base`, every
-    /// object free, owned by the mcache with index `owner`.
+    /// object free, owned by the mcache that asked for it (no flags), in a
+    /// new life.
     ///
     /// # Safety
     /// The caller (the mheap, under its lock) must be the record's only user.
-    pub(crate) unsafe fn init_small(&mut self, base: usize, class: usize, owner: u32) {
+    pub(crate) unsafe fn init_small(&mut self, base: usize, class: usize) {
         let info = CLASSES[class];
         self.base = base;
         self.npages = info.pages as usize;
@@ -353,7 +310,7 @@ impl Span {
         self.needzero = false;
         let words = info.nelems.div_ceil(64) as usize;
         debug_assert!(words <= self.words as usize);
-        let (free_bits, remote) = (self.free_bits, self.remote_bits);
+        let free_bits = self.free_bits;
         self.owned.with_mut(|o| {
             // SAFETY: the caller is the only user of the record.
             let o = unsafe { &mut *o };
@@ -361,19 +318,15 @@ impl Span {
             o.prev = ptr::null_mut();
             o.next = ptr::null_mut();
             o.list = ListId::None;
-            o.next_free = ptr::null_mut();
-            o.has_free = false;
             for w in 0..words {
                 let left = info.nelems as usize - w * 64;
                 let bits = if left >= 64 { !0 } else { (1u64 << left) - 1 };
                 // SAFETY: w < words <= capacity.
-                unsafe {
-                    free_bits.add(w).write(bits);
-                    (*remote.add(w)).store(0, Ordering::Relaxed);
-                }
+                unsafe { free_bits.add(w).write(bits) };
             }
         });
-        self.state.store(owned_by(owner), Ordering::Relaxed);
+        let life = generation(self.state.load(Ordering::Relaxed)).wrapping_add(1);
+        self.state.store((life as u64) << GEN_SHIFT, Ordering::Release);
     }
 
     /// Makes this record describe one large object of `npages` pages.
@@ -389,7 +342,7 @@ impl Span {
         self.state.store(LARGE_LIVE, Ordering::Relaxed);
     }
 
-    /// Words of bitmap in use for this span's objects.
+    /// Words of free bitmap in use for this span's objects.
     #[inline]
     pub(crate) fn used_words(&self) -> usize {
         (self.nelems as usize).div_ceil(64)
@@ -411,6 +364,12 @@ impl Span {
     #[inline]
     pub(crate) fn object_addr(&self, idx: usize) -> usize {
         self.base + idx * self.elem_size as usize
+    }
+
+    /// Bytes the span's objects cover.
+    #[inline]
+    pub(crate) fn object_bytes(&self) -> usize {
+        self.nelems as usize * self.elem_size as usize
     }
 
     // -----------------------------------------------------------------------
@@ -467,50 +426,45 @@ impl Span {
         })
     }
 
-    /// Takes the free objects of the first bitmap word at or after `from`
-    /// (cyclically) that has any, clearing it. Returns (word, bits).
-    pub(crate) fn take_word(&self, from: usize) -> Option<(usize, u64)> {
-        self.with_owned(|o, bits| {
-            if o.nfree == 0 {
-                return None;
-            }
-            let n = bits.len();
-            let mut w = if from < n { from } else { 0 };
-            for _ in 0..n {
-                let b = bits[w];
-                if b != 0 {
-                    bits[w] = 0;
-                    o.nfree -= b.count_ones();
-                    return Some((w, b));
-                }
-                w += 1;
-                if w == n {
-                    w = 0;
-                }
-            }
-            None
-        })
-    }
-
-    /// Puts free objects back into bitmap word `w` (an mcache's window, or a
-    /// local free). Returns the bits that were already free (a double free)
-    /// — zero when all is well; nothing is changed in that case.
-    pub(crate) fn give_back(&self, w: usize, mask: u64) -> u64 {
-        self.with_owned(|o, bits| {
-            let dup = bits[w] & mask;
-            if dup == 0 {
-                bits[w] |= mask;
-                o.nfree += mask.count_ones();
-            }
-            dup
-        })
-    }
-
-    /// Frees object `idx` in the owner's view; returns false (and changes
-    /// nothing) if it is already free. The one-object [`Span::give_back`] of
-    /// the free path: no slice, no bounds check (`idx < nelems`).
+    /// Objects free in the span (owner view).
     #[inline]
-    pub(crate) fn free_one(&self, idx: usize) -> bool {
+    pub(crate) fn nfree(&self) -> u32 {
+        self.with_owned(|o, _| o.nfree)
+    }
+
+    /// Takes up to `max` free objects, lowest addresses first, and writes
+    /// their addresses to `dst` so that the lowest is written last:
+    /// `dst[n - 1]`, `dst[n - 2]`, ... (a stack popped from its top then
+    /// hands them out in address order). Returns `n`.
+    ///
+    /// # Safety
+    /// `dst` must be valid for `max` writes.
+    pub(crate) unsafe fn carve(&self, max: usize, dst: *mut usize) -> usize {
+        let (base, size) = (self.base, self.elem_size as usize);
+        self.with_owned(|o, bits| {
+            let n = max.min(o.nfree as usize);
+            let mut left = n;
+            for (w, word) in bits.iter_mut().enumerate() {
+                while *word != 0 && left > 0 {
+                    let i = word.trailing_zeros() as usize;
+                    *word &= *word - 1;
+                    left -= 1;
+                    // SAFETY: left < n <= max.
+                    unsafe { dst.add(left).write(base + (w * 64 + i) * size) };
+                }
+                if left == 0 {
+                    break;
+                }
+            }
+            o.nfree -= n as u32;
+            n
+        })
+    }
+
+    /// Frees object `idx` in the owner view; returns false (and changes
+    /// nothing) if it is already free.
+    #[inline]
+    pub(crate) fn free_object(&self, idx: usize) -> bool {
         debug_assert!(idx < self.nelems as usize);
         let (word, bit) = (idx / 64, 1u64 << (idx % 64));
         let bits = self.free_bits;
@@ -529,154 +483,124 @@ impl Span {
         })
     }
 
-    /// Merges the remote frees into the owner's bitmap. Returns how many
-    /// objects it merged. Aborts on an object freed twice.
-    pub(crate) fn collect(&self) -> u32 {
-        if pending(self.state.load(Ordering::Acquire)) <= 0 {
-            return 0;
-        }
-        let remote = self.remote_bits;
-        let (merged, dup) = self.with_owned(|o, bits| {
-            let mut merged = 0;
-            for (w, word) in bits.iter_mut().enumerate() {
-                // SAFETY: w < used_words <= capacity.
-                let r = unsafe { &*remote.add(w) };
-                if r.load(Ordering::Relaxed) == 0 {
-                    continue;
-                }
-                let got = r.swap(0, Ordering::Acquire);
-                if *word & got != 0 {
-                    return (merged, Some((w, *word & got)));
-                }
-                *word |= got;
-                merged += got.count_ones();
+    /// Runs `f` on the index of every object-bitmap word (relative to the
+    /// span's first word) that can hold the bit of one of the span's
+    /// objects: every word for objects under 512 bytes, one per object
+    /// above.
+    #[inline]
+    fn for_each_object_word(&self, mut f: impl FnMut(usize)) {
+        let size = self.elem_size as usize;
+        if size < 512 {
+            for w in 0..self.object_bytes().div_ceil(512) {
+                f(w);
             }
-            o.nfree += merged;
-            (merged, None)
-        });
-        if let Some((w, dup)) = dup {
-            report::double_free(self.object_addr(w * 64 + dup.trailing_zeros() as usize), self.elem_size as usize);
+        } else {
+            for i in 0..self.nelems as usize {
+                f(i * size / 512);
+            }
         }
-        // Subtract what was merged, not the count read above: a freer may
-        // have set its bits and not counted them yet.
-        #[cfg(spanalloc_mutant = "collect_trusts_count")]
-        let merged = merged.min(pending(self.state.load(Ordering::Acquire)).max(0) as u32);
-        if merged > 0 {
-            self.state.fetch_sub((merged as u64) << PENDING_SHIFT, Ordering::AcqRel);
+    }
+
+    /// Merges the remote frees into the owner view: each object whose
+    /// `remote` bit is set becomes free in the span (its `alloc` bit
+    /// cleared). `alloc` and `remote` are the span's object-bitmap words
+    /// (`ArenaMeta::span_words`). With `sync`, every word that can hold an
+    /// object's bit is swapped, even an empty one: the caller has just
+    /// changed `state`, and a freer that comes later must see it (module
+    /// docs); without it, empty words are only read. Returns how many
+    /// objects it merged. Aborts on an object freed twice.
+    pub(crate) fn collect(&self, alloc: &[AtomicU64], remote: &[AtomicU64], sync: bool) -> u32 {
+        let mut merged = 0;
+        let mut bad = 0usize;
+        self.for_each_object_word(|w| {
+            if bad != 0 {
+                return;
+            }
+            let r = &remote[w];
+            if !sync && r.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            let got = r.swap(0, if sync { MERGE } else { OWNER_MERGE });
+            if got == 0 {
+                return;
+            }
+            let a = alloc[w].load(Ordering::Relaxed);
+            if got & !a != 0 {
+                // Freed remotely, yet not allocated: the object was free
+                // already (or freed twice remotely around a merge).
+                bad = self.base + w * 512 + (got & !a).trailing_zeros() as usize * 8;
+                return;
+            }
+            alloc[w].store(a & !got, Ordering::Relaxed);
+            let mut g = got;
+            while g != 0 {
+                let addr = self.base + w * 512 + g.trailing_zeros() as usize * 8;
+                g &= g - 1;
+                match self.object_index(addr) {
+                    Some(idx) if self.free_object(idx) => merged += 1,
+                    _ => {
+                        bad = addr;
+                        return;
+                    }
+                }
+            }
+        });
+        if bad != 0 {
+            report::double_free(bad, self.elem_size as usize);
         }
         merged
     }
 
-    /// Remote frees landed and not yet merged (bits set in `remote_bits`).
-    pub(crate) fn remote_count(&self) -> u32 {
-        (0..self.used_words())
-            // SAFETY: w < used_words <= capacity.
-            .map(|w| unsafe { &*self.remote_bits.add(w) }.load(Ordering::Acquire).count_ones())
-            .sum()
-    }
-
-    /// Hands the span from its mcache to the mcentral: the caller holds the
-    /// mcentral's lock and has put its window back. Returns the state now
-    /// published (with `CENTRAL` set).
-    pub(crate) fn publish_central(&self) -> u64 {
-        let nfree = self.with_owned(|o, _| o.nfree);
-        let nalloc_now = self.nelems - nfree;
-        let mut s = self.state.load(Ordering::Relaxed);
-        #[cfg(spanalloc_mutant = "publish_store")]
-        {
-            // Mutant: a plain store loses a remote free counted meanwhile.
-            let mut n = with_owner(with_nalloc(s, nalloc_now), 0) | CENTRAL;
-            if nfree == 0 && pending(s) <= 0 {
-                n |= FULL;
+    /// Aborts if a remote free is still unmerged: the span is about to be
+    /// retired with every object free, so such a bit is a second free of a
+    /// free object.
+    pub(crate) fn check_no_remote(&self, remote: &[AtomicU64]) {
+        let mut bad = 0;
+        self.for_each_object_word(|w| {
+            let r = remote[w].load(Ordering::Acquire);
+            if r != 0 && bad == 0 {
+                bad = self.base + w * 512 + r.trailing_zeros() as usize * 8;
             }
-            crate::sync::spin_point();
-            self.state.store(n, Ordering::Release);
-            return n;
-        }
-        #[allow(unreachable_code)]
-        loop {
-            debug_assert_eq!(s & CENTRAL, 0, "publishing a span the mcache does not own");
-            let mut n = with_owner(with_nalloc(s, nalloc_now), 0) | CENTRAL;
-            n &= !FULL;
-            if nfree == 0 && pending(s) <= 0 {
-                n |= FULL;
-            }
-            match self.state.compare_exchange_weak(s, n, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => return n,
-                Err(x) => s = x,
-            }
-        }
-    }
-
-    /// Whether mcache `owner` (not 0) owns the span, as of `state`: only
-    /// that mcache writes states naming it as owner, so it cannot see a
-    /// stale one.
-    #[inline]
-    pub(crate) fn owned_by_cache(state: u64, owner: u32) -> bool {
-        owner != 0 && state & CENTRAL == 0 && self::owner(state) == owner
-    }
-
-    /// Takes the span from the mcentral for the mcache with index `owner`
-    /// (caller holds the mcentral's lock). Keeps `pending` and `NOTIFIED`.
-    pub(crate) fn claim_for_cache(&self, owner: u32) {
-        let mut s = self.state.load(Ordering::Relaxed);
-        loop {
-            let n = with_owner(with_nalloc(s, 0), owner) & !(CENTRAL | FULL);
-            match self.state.compare_exchange_weak(s, n, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => return,
-                Err(x) => s = x,
-            }
+        });
+        if bad != 0 {
+            report::double_free(bad, self.elem_size as usize);
         }
     }
 
     // -----------------------------------------------------------------------
     // Frees from anyone but the owner.
 
-    /// Frees the objects `mask` of bitmap word `w` from a thread that does
-    /// not own the span. Returns who the caller must push the span to: its
-    /// mcentral (a central span became reusable or empty) or its owning
-    /// mcache (an owned span got its first remote free). Aborts on an object
-    /// freed twice.
-    pub(crate) fn free_remote(&self, w: usize, mask: u64) -> Wake {
-        debug_assert!(w < self.used_words());
-        // SAFETY: w < used_words <= capacity.
-        let word = unsafe { &*self.remote_bits.add(w) };
-        // The bits land before the count: once the count says every object
-        // is free, nobody touches the span any more (see the module docs).
-        #[cfg(not(spanalloc_mutant = "count_before_bits"))]
-        let prev = word.fetch_or(mask, Ordering::Release);
-        #[cfg(spanalloc_mutant = "count_before_bits")]
-        let prev = 0;
-        if prev & mask != 0 {
-            let dup = prev & mask;
-            report::double_free(self.object_addr(w * 64 + dup.trailing_zeros() as usize), self.elem_size as usize);
+    /// Frees the object at `addr` (the start of an object of this span)
+    /// from a thread that does not own the span: `alloc` and `remote` are
+    /// the object's bitmap words, `bit` its bit. Returns true when the
+    /// caller must push the span on its mcentral's notify stack (a `FULL`
+    /// span got a free object; `NOTIFIED` is set for the caller). Aborts on
+    /// a double free.
+    #[inline]
+    pub(crate) fn free_remote(&self, addr: usize, alloc: &AtomicU64, remote: &AtomicU64, bit: u64) -> bool {
+        // The life the object belongs to: the span cannot be retired while
+        // it is allocated, so this is the span's current life.
+        let life = generation(self.state.load(Ordering::Acquire));
+        if alloc.load(Ordering::Acquire) & bit == 0 {
+            report::double_free(addr, self.elem_size as usize);
         }
-        let k = mask.count_ones() as i32;
-        let mut s = self.state.load(Ordering::Relaxed);
-        #[cfg(spanalloc_mutant = "count_before_bits")]
-        let mut late = Some((word, mask));
+        // Publishes the user's last writes to the object to whoever merges
+        // the free (the owner's swap acquires).
+        let prev = remote.fetch_or(bit, Ordering::AcqRel);
+        if prev & bit != 0 {
+            report::double_free(addr, self.elem_size as usize);
+        }
+        let mut s = self.state.load(Ordering::Acquire);
         loop {
-            let n = add_pending(s, k);
-            let crossing = pending(s) <= 0 && pending(n) > 0;
-            let wake = if s & NOTIFIED != 0 {
-                Wake::None
-            } else if s & CENTRAL != 0 {
-                if (s & FULL != 0 && crossing) || pending(n) == nalloc(n) { Wake::Central } else { Wake::None }
-            } else if crossing && owner(s) != 0 && cfg!(not(spanalloc_mutant = "owner_not_told")) {
-                // The owner may hold the span among its full ones: tell it.
-                Wake::Owner(owner(s))
-            } else {
-                Wake::None
-            };
-            let n = if wake == Wake::None { n } else { n | NOTIFIED };
-            match self.state.compare_exchange_weak(s, n, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => {
-                    #[cfg(spanalloc_mutant = "count_before_bits")]
-                    if let Some((word, mask)) = late.take() {
-                        word.fetch_or(mask, Ordering::Release);
-                    }
-                    return wake;
-                }
+            let other_life = generation(s) != life && cfg!(not(spanalloc_mutant = "freer_ignores_life"));
+            if other_life || flags(s) != CENTRAL | FULL {
+                return false;
+            }
+            #[cfg(spanalloc_mutant = "notice_dropped")]
+            return false;
+            #[allow(unreachable_code)]
+            match self.state.compare_exchange_weak(s, (s & !FULL) | NOTIFIED, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
                 Err(x) => s = x,
             }
         }
@@ -688,30 +612,41 @@ impl Span {
         self.notify_next.with(|p| unsafe { *p })
     }
 
-    /// Clears `NOTIFIED` (the owning mcache, after taking the span off its
-    /// notify stack). Returns the new state.
-    pub(crate) fn clear_notified(&self) -> u64 {
-        self.state.fetch_and(!NOTIFIED, Ordering::AcqRel) & !NOTIFIED
+    // -----------------------------------------------------------------------
+    // Changes of hands (the mcentral, under its lock).
+
+    /// Sets the flags of `state` to `to` if they are `from` (same life).
+    /// Returns whether it did.
+    pub(crate) fn change_flags(&self, from: u64, to: u64) -> bool {
+        let mut s = self.state.load(Ordering::Acquire);
+        loop {
+            if flags(s) != from {
+                return false;
+            }
+            match self.state.compare_exchange_weak(s, (s & !FLAGS) | to, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
+                Err(x) => s = x,
+            }
+        }
     }
 
-    /// Clears `NOTIFIED` if the state is still `s`, optionally updating
-    /// `FULL` (the mcentral's drain, under its lock).
-    pub(crate) fn finish_notify(&self, s: u64, full: bool) -> bool {
-        let mut n = s & !(NOTIFIED | FULL);
-        if full {
-            n |= FULL;
-        }
-        self.state.compare_exchange(s, n, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    /// Whether every object is free in the span (owner view): nothing is
+    /// allocated, and nothing is in a cache's stack.
+    #[inline]
+    pub(crate) fn all_free(&self) -> bool {
+        #[cfg(not(spanalloc_mutant = "retire_ignores_live"))]
+        return self.nfree() == self.nelems;
+        // Mutant: one object still allocated is overlooked.
+        #[cfg(spanalloc_mutant = "retire_ignores_live")]
+        return self.nfree() + 1 >= self.nelems;
     }
 
     /// Retires an mcentral span whose objects are all free so the mheap can
-    /// take it back. Fails if a free is still on its way (or queued).
+    /// take it back (`POOL`). Fails if the span is not the mcentral's and
+    /// unqueued.
     pub(crate) fn retire(&self) -> bool {
-        let s = self.state.load(Ordering::Acquire);
-        if s & (CENTRAL | NOTIFIED) != CENTRAL || pending(s) != nalloc(s) {
-            return false;
-        }
-        self.state.compare_exchange(s, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        debug_assert!(self.all_free());
+        self.change_flags(CENTRAL, POOL)
     }
 }
 
@@ -728,18 +663,25 @@ mod tests {
         assert!(record_bytes(bucket) <= 512);
         // SAFETY: the record is large enough and aligned.
         unsafe {
-            let s = Span::create(rec as *mut Record as *mut Span, bucket);
-            (*s).init_small(0x10000, class, 1);
+            let s = Span::create(rec as *mut Record as *mut Span, bucket, 0);
+            (*s).init_small(0x10000, class);
             &mut *s
         }
     }
 
+    fn words(n: usize) -> Vec<AtomicU64> {
+        (0..n).map(|_| AtomicU64::new(0)).collect()
+    }
+
     #[test]
-    fn new_span_has_every_object_free_and_nothing_pending() {
+    fn new_span_has_every_object_free_in_a_new_life() {
         let mut rec = Record([0; 512]);
         let s = span_of_class(3, &mut rec); // 24 B: 341 objects, 6 words
         assert_eq!(s.with_owned(|o, b| (o.nfree, b.iter().map(|w| w.count_ones()).sum::<u32>())), (341, 341));
-        assert_eq!(pending(s.state.load(Ordering::Relaxed)), 0);
+        let st = s.state.load(Ordering::Relaxed);
+        assert_eq!((flags(st), generation(st)), (0, 1));
+        unsafe { s.init_small(0x10000, 3) };
+        assert_eq!(generation(s.state.load(Ordering::Relaxed)), 2);
     }
 
     #[test]
@@ -754,35 +696,56 @@ mod tests {
     }
 
     #[test]
-    fn remote_frees_are_merged_by_collect() {
+    fn carve_hands_out_the_lowest_objects_last_written_first() {
         let mut rec = Record([0; 512]);
         let s = span_of_class(6, &mut rec); // 64 B, 128 objects
-        let (w, bits) = s.take_word(0).unwrap();
-        assert_eq!((w, bits), (0, !0));
-        assert_eq!(s.free_remote(0, 0b1010), Wake::Owner(1), "the owner hears of the first remote free");
-        assert_eq!(s.free_remote(0, 0b0100), Wake::None, "already notified");
-        assert_eq!(pending(s.state.load(Ordering::Relaxed)), 3);
-        assert_eq!(s.collect(), 3);
-        assert_eq!(s.with_owned(|_, b| b[0]), 0b1110);
-        assert_eq!(pending(s.state.load(Ordering::Relaxed)), 0);
+        let mut out = [0usize; 70];
+        assert_eq!(unsafe { s.carve(70, out.as_mut_ptr()) }, 70);
+        assert_eq!(out[69], 0x10000, "the lowest object is on top");
+        assert_eq!(out[0], 0x10000 + 69 * 64);
+        assert_eq!(s.nfree(), 58);
+        assert_eq!(unsafe { s.carve(100, out.as_mut_ptr()) }, 58);
+        assert_eq!(out[57], 0x10000 + 70 * 64);
+        assert_eq!(unsafe { s.carve(1, out.as_mut_ptr()) }, 0);
     }
 
     #[test]
-    fn remote_free_into_full_central_span_asks_for_notify_once() {
+    fn remote_frees_are_merged_by_collect_and_a_second_one_is_caught() {
+        let mut rec = Record([0; 512]);
+        let s = span_of_class(6, &mut rec); // 64 B: 8 objects per bitmap word
+        let (alloc, remote) = (words(16), words(16));
+        let mut out = [0usize; 128];
+        unsafe { s.carve(128, out.as_mut_ptr()) };
+        // Every object allocated: its alloc bit set.
+        for &p in &out {
+            let (w, bit) = ((p - 0x10000) / 512, 1u64 << (((p - 0x10000) / 8) % 64));
+            alloc[w].fetch_or(bit, Ordering::Relaxed);
+        }
+        let p = 0x10000 + 9 * 64; // word 1, granule 8 of it
+        let bit = 1u64 << 8;
+        assert!(!s.free_remote(p, &alloc[1], &remote[1], bit), "an owned span needs no notice");
+        assert_eq!(s.collect(&alloc, &remote, false), 1);
+        assert_eq!(s.nfree(), 1);
+        assert_eq!(alloc[1].load(Ordering::Relaxed) & bit, 0, "the merge clears the alloc bit");
+        assert_eq!(remote[1].load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn first_remote_free_of_a_full_central_span_asks_for_a_notice_once() {
         let mut rec = Record([0; 512]);
         let s = span_of_class(10, &mut rec); // 128 B, 64 objects
-        s.take_word(0).unwrap();
-        let st = s.publish_central();
-        assert_eq!(st & (CENTRAL | FULL), CENTRAL | FULL);
-        assert_eq!(nalloc(st), 64);
-        assert_eq!(s.free_remote(0, 1), Wake::Central, "first free of a full span wakes the mcentral");
-        assert_eq!(s.free_remote(0, 2), Wake::None, "already notified");
-        assert!(s.finish_notify(s.state.load(Ordering::Relaxed), false));
-        assert_eq!(s.free_remote(0, 4), Wake::None, "partial now: no wake until empty");
-        assert!(!s.retire());
-        assert_eq!(s.free_remote(0, !7), Wake::Central, "last free wakes the mcentral");
-        let st = s.state.load(Ordering::Relaxed);
-        assert!(s.finish_notify(st, false));
-        assert!(s.retire(), "every object free and nothing queued");
+        let (alloc, remote) = (words(16), words(16));
+        let mut out = [0usize; 64];
+        unsafe { s.carve(64, out.as_mut_ptr()) };
+        for a in &alloc {
+            a.store(0x0001_0001_0001_0001, Ordering::Relaxed); // a start every 128 B
+        }
+        assert!(s.change_flags(0, CENTRAL | FULL));
+        assert!(s.free_remote(0x10000, &alloc[0], &remote[0], 1), "first free of a full span");
+        assert_eq!(flags(s.state.load(Ordering::Relaxed)), CENTRAL | NOTIFIED);
+        assert!(!s.free_remote(0x10080, &alloc[0], &remote[0], 1 << 16), "already notified");
+        assert!(s.change_flags(CENTRAL | NOTIFIED, CENTRAL));
+        assert!(!s.all_free(), "objects still allocated");
+        assert_eq!(s.collect(&alloc, &remote, true), 2);
     }
 }

@@ -126,7 +126,7 @@ pub unsafe fn free_sized(p: *mut u8, size: usize, align: usize) {
 /// As for [`free`].
 pub unsafe fn realloc(p: *mut u8, size: usize) -> *mut u8 {
     let (old, _) = object_layout(p as usize);
-    if size <= old && (size < 16 || p as usize % 16 == 0) && (old <= MAX_SMALL || size > MAX_SMALL) {
+    if size <= old && (size < 16 || (p as usize).is_multiple_of(16)) && (old <= MAX_SMALL || size > MAX_SMALL) {
         return p;
     }
     let new = malloc(size);

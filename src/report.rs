@@ -135,6 +135,26 @@ pub(crate) fn wrong_heap(addr: usize) -> ! {
     })
 }
 
+/// A resource the allocator needs for bookkeeping is exhausted (cache
+/// indices, or memory for a cache's slots): there is no null to return.
+#[cold]
+pub(crate) fn fatal_resource(what: &str) -> ! {
+    let mut line = Line::new();
+    line.str("spanalloc: fatal: cannot set up ").str(what);
+    line.str(" (thread ").dec(os::thread_id()).str(")");
+    line.emit();
+    os::abort()
+}
+
+/// As [`fatal_resource`], for an operation on `addr`.
+#[cold]
+#[cfg(not(loom))]
+pub(crate) fn fatal_resource_at(what: &str, addr: usize) -> ! {
+    fatal("cannot set up", addr, |l| {
+        l.str(" for ").str(what);
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,8 +9,56 @@
 //! other threads run is consistent only to within their activity meanwhile.
 
 use core::fmt;
+use core::ptr;
 
 use crate::sizeclass::{CLASSES, NUM_CLASSES, PAGE_SIZE};
+use crate::sync::unmodelled::Counter;
+
+/// One class's counters in one cache, on a line of their own.
+#[repr(C, align(64))]
+pub(crate) struct ClassCounters {
+    pub(crate) mallocs: Counter,
+    pub(crate) frees: Counter,
+}
+
+/// The counters of one cache, bumped by its thread with plain stores and
+/// readable from any thread (for [`crate::Heap::stats`]).
+pub(crate) struct CacheStats {
+    pub(crate) classes: [ClassCounters; NUM_CLASSES],
+    /// Pages of the spans the cache owns, as of its last slow path.
+    pub(crate) owned_pages: Counter,
+    /// Objects free in the cache's stacks, as of its last slow path.
+    pub(crate) stacked_bytes: Counter,
+    /// Stacks in the thread's stack cache.
+    pub(crate) stacks_cached: Counter,
+    /// Large objects handed out from the large-object cache.
+    pub(crate) large_hits: Counter,
+    /// Objects and bytes in the large-object cache.
+    pub(crate) large_kept: Counter,
+    pub(crate) large_kept_bytes: Counter,
+    /// Links in the heap's registry of thread caches (under its lock).
+    pub(crate) links: core::cell::UnsafeCell<(*const CacheStats, *const CacheStats)>,
+}
+
+// SAFETY: the counters are atomics; the links are only touched under the
+// registry lock.
+unsafe impl Sync for CacheStats {}
+unsafe impl Send for CacheStats {}
+
+impl CacheStats {
+    pub(crate) const fn new() -> Self {
+        CacheStats {
+            classes: [const { ClassCounters { mallocs: Counter::new(), frees: Counter::new() } }; NUM_CLASSES],
+            owned_pages: Counter::new(),
+            stacked_bytes: Counter::new(),
+            stacks_cached: Counter::new(),
+            large_hits: Counter::new(),
+            large_kept: Counter::new(),
+            large_kept_bytes: Counter::new(),
+            links: core::cell::UnsafeCell::new((ptr::null(), ptr::null())),
+        }
+    }
+}
 
 /// Per-size-class counts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

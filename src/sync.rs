@@ -34,7 +34,7 @@ use atomic::{AtomicU32, Ordering};
 
 /// Atomics outside the model: counters and registries that order nothing.
 pub(crate) mod unmodelled {
-    pub(crate) use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
     /// A statistics counter written by one thread and read by any.
     ///
@@ -76,6 +76,33 @@ pub(crate) mod unmodelled {
         #[inline]
         pub(crate) fn sub_shared(&self, n: u64) {
             self.0.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+
+    /// A spin lock for critical sections of a few instructions that call
+    /// nothing (the cache-index pool). Outside the model: nothing inside it
+    /// is a point where loom could switch threads.
+    #[derive(Debug)]
+    pub(crate) struct SpinLock(core::sync::atomic::AtomicBool);
+
+    impl SpinLock {
+        pub(crate) const fn new() -> Self {
+            SpinLock(core::sync::atomic::AtomicBool::new(false))
+        }
+
+        pub(crate) fn lock(&self) {
+            while self.0.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+                while self.0.load(Ordering::Relaxed) {
+                    core::hint::spin_loop();
+                }
+            }
+        }
+
+        /// # Safety
+        /// The caller holds the lock (or, after `fork`, holds it on behalf
+        /// of the thread that took it in the prepare handler).
+        pub(crate) unsafe fn unlock(&self) {
+            self.0.store(false, Ordering::Release);
         }
     }
 }

@@ -2,19 +2,29 @@
 //!
 //! Every model builds a fresh [`Heap`] inside `loom::model`, gives each
 //! model thread its own [`spanalloc::MCache`], and ends by freeing what it
-//! kept, dropping every cache and auditing the heap
-//! ([`Heap::audit`]): every span back with its mcentral, on the list its
-//! state names, its counters matching its bitmaps, and no object left
-//! allocated. Objects handed out at the same time must not overlap.
+//! kept, dropping every cache and auditing the heap ([`Heap::audit`]):
+//! every span back with its mcentral, on the list its state names, no free
+//! stranded in a span the mcentral believes full, the bitmaps agreeing with
+//! each other, no object left allocated. Objects handed out at the same
+//! time must not overlap.
+//!
+//! [`Memory`] models the users' side of the objects: a loom-tracked cell
+//! per object address, which each user writes after it gets the object and
+//! before it frees it. A reuse of an object that does not happen after its
+//! free (an allocator that hands it on without synchronising with the
+//! freer) is then a causality violation loom reports.
 //!
 //! The size classes used keep spans tiny, as loom needs: 2048-byte objects
 //! come 4 to a span, 4096-byte objects 2 to a span, 8192-byte objects 1.
+//! Under loom a cache's stack holds 2 objects per class.
 
 #![cfg(loom)]
 
 use std::alloc::Layout;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
+use loom::cell::UnsafeCell;
 use loom::sync::mpsc::{Receiver, Sender};
 
 use spanalloc::Heap;
@@ -39,7 +49,14 @@ pub fn model(body: impl Fn() + Send + Sync + 'static) {
     let body = std::sync::Arc::new(body);
     let runs = std::sync::Arc::new(AtomicUsize::new(0));
     let counted = runs.clone();
-    loom::model(move || {
+    let mut builder = loom::model::Builder::new();
+    // The audits at the end of a model read every bitmap word of the
+    // heap: many loads on one path, though once every thread is joined
+    // they add no execution to explore.
+    if std::env::var_os("LOOM_MAX_BRANCHES").is_none() {
+        builder.max_branches = 20_000;
+    }
+    builder.check(move || {
         counted.fetch_add(1, Ordering::Relaxed);
         let body = body.clone();
         spawn(move || body()).join().unwrap();
@@ -67,31 +84,83 @@ pub fn assert_disjoint(objects: &[(usize, usize)]) {
     }
 }
 
+/// The users' memory: one loom cell per 2048-byte slot of the heap's
+/// arena (every object the models use starts on one).
+#[derive(Clone)]
+pub struct Memory(Arc<Mutex<HashMap<usize, Arc<Cell>>>>);
+
+/// One object's user memory.
+struct Cell(UnsafeCell<u64>);
+
+// SAFETY: every access goes through loom's causality checks.
+unsafe impl Sync for Cell {}
+unsafe impl Send for Cell {}
+
+impl Memory {
+    /// Cells for every object slot of `heap`'s arena. Takes (and frees) an
+    /// object to find the arena.
+    pub fn new(heap: &Heap) -> Memory {
+        let probe = {
+            let mut cache = heap.cache();
+            let p = cache.alloc(layout(FOUR_PER_SPAN));
+            // SAFETY: just allocated with this layout.
+            unsafe { cache.dealloc(p, layout(FOUR_PER_SPAN)) };
+            p as usize
+        };
+        let (lo, hi) = spanalloc::loom_api::usable_range(probe);
+        let cells = (lo..hi).step_by(FOUR_PER_SPAN).map(|a| (a, Arc::new(Cell(UnsafeCell::new(0u64))))).collect();
+        Memory(Arc::new(Mutex::new(cells)))
+    }
+
+    /// The user of the object at `p` writes it (after allocating, before
+    /// freeing). The map's lock is invisible to loom: only the cell is.
+    pub fn touch(&self, p: usize) {
+        let cell = self.0.lock().unwrap().get(&p).cloned().unwrap_or_else(|| panic!("no object slot at {p:#x}"));
+        // SAFETY: a model of the user's write; loom checks its causality.
+        cell.0.with_mut(|v| unsafe { *v += 1 });
+    }
+}
+
 /// A model thread that receives the address of one object of `size` bytes,
-/// frees it through a cache of its own and drops the cache (which lands the
-/// free in the object's span), then says so on `done`, if given.
+/// writes it as its user (if `mem` is given), frees it through a cache of
+/// its own and drops the cache, then says so on `done`, if given. The cache
+/// is made before the object arrives, so it never has the index (and so
+/// the page tags) of the sender's cache: its free is a remote one.
 pub fn spawn_freer(
     heap: Arc<Heap>,
     size: usize,
     rx: Receiver<usize>,
+    mem: Option<Memory>,
     done: Option<Sender<()>>,
 ) -> loom::thread::JoinHandle<()> {
     spawn(move || {
+        let mut cache = heap.cache();
         let p = rx.recv().unwrap();
-        {
-            let mut cache = heap.cache();
-            // SAFETY: the sender hands over a live object of `size` bytes.
-            unsafe { cache.dealloc(p as *mut u8, layout(size)) };
+        if let Some(mem) = &mem {
+            mem.touch(p);
         }
+        // SAFETY: the sender hands over a live object of `size` bytes.
+        unsafe { cache.dealloc(p as *mut u8, layout(size)) };
+        drop(cache);
         if let Some(done) = done {
             done.send(()).unwrap();
         }
     })
 }
 
-/// Frees `objects` through a fresh cache, drops it, and audits the heap:
-/// nothing may be left allocated.
-pub fn free_all_and_audit(heap: &Heap, objects: &[(usize, usize)]) {
+/// Audits the heap as the model left it (the small ones of `objects` are
+/// the only allocated objects), then frees `objects` through a fresh cache,
+/// drops it, and audits again: nothing may be left allocated. Every other
+/// holder of the heap must be gone (their threads joined). The first audit
+/// comes before any cache touches the heap again, so nothing the model did
+/// wrong is mended by the clean-up.
+pub fn free_all_and_audit(mut heap: Arc<Heap>, objects: &[(usize, usize)]) {
+    {
+        let heap = Arc::get_mut(&mut heap).expect("a model thread still holds the heap");
+        let audit = heap.audit();
+        let small = objects.iter().filter(|&&(_, size)| size <= ONE_PER_SPAN).count();
+        assert_eq!(audit.allocated_objects, small as u64, "{audit:?}");
+    }
     {
         let mut cache = heap.cache();
         for &(p, size) in objects {
@@ -99,6 +168,7 @@ pub fn free_all_and_audit(heap: &Heap, objects: &[(usize, usize)]) {
             unsafe { cache.dealloc(p as *mut u8, layout(size)) };
         }
     }
+    let heap = Arc::get_mut(&mut heap).expect("a model thread still holds the heap");
     let audit = heap.audit();
     assert_eq!(audit.allocated_objects, 0, "{audit:?}");
     assert_eq!(audit.large_objects, 0, "{audit:?}");

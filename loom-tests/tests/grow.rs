@@ -32,6 +32,6 @@ fn two_threads_grow_the_heap_at_once() {
         assert_disjoint(&live);
         let s = heap.stats();
         assert!(s.heap_sys >= (2 * LARGE + 2 * ONE_PER_SPAN) as u64, "{s:?}");
-        free_all_and_audit(&heap, &live);
+        free_all_and_audit(heap, &live);
     });
 }

@@ -47,6 +47,6 @@ fn two_caches_refill_one_class_while_a_third_returns_a_span() {
         live.push((b.join().unwrap(), FOUR_PER_SPAN));
         giver.join().unwrap();
         assert_disjoint(&live);
-        free_all_and_audit(&heap, &live);
+        free_all_and_audit(heap, &live);
     });
 }

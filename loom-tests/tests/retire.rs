@@ -1,17 +1,22 @@
 //! The last free of a span races with that span's return to the mheap and
-//! the reuse of its pages (and record) for another size class.
+//! the reuse of its pages and record for another size class, which the
+//! reusing cache uses up and hands back, full, to its own mcentral.
 //!
-//! Guards: a freer sets its bits before it counts them, so once the count
-//! says every object is free nobody touches the span again (mutant
-//! `count_before_bits` counts first: the span can be retired and reused
-//! while the last freer still writes into it).
+//! Guards: a freer that looks at the span's state after its free was
+//! merged compares the life it freed into, and leaves a record that now
+//! describes another span alone (mutant `freer_ignores_life` does not: it
+//! queues the new span on the mcentral of the old class, and the audit finds
+//! a span on another class's list).
 
 #![cfg(loom)]
 
 use std::sync::Arc;
 
-use spanalloc::{Heap, MCache};
-use spanalloc_loom_tests::{ONE_PER_SPAN, TWO_PER_SPAN, assert_disjoint, free_all_and_audit, layout, model, spawn};
+use loom::sync::mpsc::channel;
+use spanalloc::Heap;
+use spanalloc_loom_tests::{
+    ONE_PER_SPAN, TWO_PER_SPAN, assert_disjoint, free_all_and_audit, layout, model, spawn, spawn_freer,
+};
 
 #[test]
 fn last_free_races_return_to_mheap_and_reuse_for_another_class() {
@@ -23,29 +28,27 @@ fn last_free_races_return_to_mheap_and_reuse_for_another_class() {
             let mut cache = heap.cache();
             (cache.alloc(l) as usize, cache.alloc(l) as usize)
         };
-        // The freers' caches have no index, so they do not take the span
-        // over: their frees land in it as remote frees.
-        let free_one = |heap: Arc<Heap>, p: usize| {
-            spawn(move || {
-                let mut cache = MCache::without_index(&heap);
-                unsafe { cache.dealloc(p as *mut u8, layout(TWO_PER_SPAN)) };
-            })
-        };
-        let f1 = free_one(heap.clone(), a);
-        let f2 = free_one(heap.clone(), b);
+        let (tx1, rx1) = channel::<usize>();
+        let (tx2, rx2) = channel::<usize>();
+        let f1 = spawn_freer(heap.clone(), TWO_PER_SPAN, rx1, None, None);
+        let f2 = spawn_freer(heap.clone(), TWO_PER_SPAN, rx2, None, None);
+        tx1.send(a).unwrap();
+        tx2.send(b).unwrap();
         let h = heap.clone();
         let reuser = spawn(move || {
-            // Empty spans go back to the mheap; then a span of another
-            // class may take the same pages and record.
+            // Empty spans go back to the mheap; then spans of another class
+            // may take the same pages and record. The second allocation
+            // parks the first span, used up, with the mcentral.
             h.release();
             let mut cache = h.cache();
-            cache.alloc(layout(ONE_PER_SPAN)) as usize
+            let l = layout(ONE_PER_SPAN);
+            [cache.alloc(l) as usize, cache.alloc(l) as usize]
         });
         f1.join().unwrap();
         f2.join().unwrap();
-        let c = reuser.join().unwrap();
-        let live = [(c, ONE_PER_SPAN)];
+        let got = reuser.join().unwrap();
+        let live = [(got[0], ONE_PER_SPAN), (got[1], ONE_PER_SPAN)];
         assert_disjoint(&live);
-        free_all_and_audit(&heap, &live);
+        free_all_and_audit(heap, &live);
     });
 }
