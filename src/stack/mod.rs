@@ -233,7 +233,9 @@ impl Stack {
 #[cfg(not(loom))]
 /// Sets how many bytes at the top of a stack stay resident once it leaves a
 /// thread's cache (16 KiB by default; rounded up to whole pages). The pages
-/// below are given back to the OS.
+/// below are given back to the OS. Any value is accepted: 0 gives every
+/// page back, and a value at least a stack's size (`usize::MAX`, say) keeps
+/// all of it.
 pub fn set_resident_keep(bytes: usize) {
     POOLS.set_keep(bytes);
 }
