@@ -15,8 +15,9 @@
 //!
 //! The handler runs on the thread's alternate signal stack (the coroutine's
 //! own stack is exhausted). std gives its threads one; for a thread that has
-//! none, spanalloc installs one when the thread first takes a stack, and
-//! frees it when the thread exits.
+//! none, spanalloc installs one when the thread first makes or drops a
+//! stack, starts or resumes a corosensei coroutine on one, or calls
+//! `stack::prepare_thread`, and frees it when the thread exits.
 //!
 //! Everything the handler touches is async-signal-safe: a fixed table of
 //! guard regions read with atomic loads, `write(2)`, `sigaction(2)` and
