@@ -283,8 +283,10 @@ fn resident_bytes(base: usize, len: usize) -> u64 {
 }
 
 #[cfg(not(loom))]
-/// The stack pools' locks, for `fork`.
-pub(crate) fn for_each_lock(f: impl FnMut(&crate::sync::RawLock)) {
+/// The stack module's locks, for `fork`: the overflow handler's install
+/// and the stack pools'.
+pub(crate) fn for_each_lock(mut f: impl FnMut(&crate::sync::RawLock)) {
+    overflow::for_each_lock(&mut f);
     POOLS.for_each_lock(f);
 }
 

@@ -1,9 +1,9 @@
 //! Stack overflow reports: a coroutine that runs off the end of its stack
 //! hits the guard below it, and the process says which stack overflowed.
 //!
-//! A `SIGSEGV` / `SIGBUS` handler, installed with the first stack, looks up
-//! the faulting address among the guards of every slab (and of every stack
-//! too large for a slab). On a guard it writes
+//! A `SIGSEGV` / `SIGBUS` handler, installed once per process with the
+//! first stack, looks up the faulting address among the guards of every
+//! slab (and of every stack too large for a slab). On a guard it writes
 //!
 //! ```text
 //! spanalloc: fatal: coroutine stack overflow: fault at 0x... in the guard of the stack 0x...-0x... (16 KiB)
@@ -40,6 +40,11 @@
 //! (it never waits: the writer may be the very thread it interrupted). A
 //! free entry, or one being written, names no stack anything runs on, so
 //! passing over it loses no report.
+//!
+//! The install is a `spin::Once` taken under a lock of its own, which the
+//! `fork` handlers take with the stack pools' locks: a fork waits for an
+//! install under way, so no child inherits one half done (it would spin on
+//! it forever).
 
 #![cfg_attr(loom, allow(dead_code))]
 
@@ -49,6 +54,8 @@ use core::ptr;
 
 use crate::os;
 use crate::report::Line;
+#[cfg(not(loom))]
+use crate::sync::RawLock;
 use crate::sync::unmodelled::{AtomicUsize, Ordering};
 
 /// Regions the handler knows: slabs, and stacks with a mapping of their own.
@@ -222,39 +229,70 @@ pub(crate) fn guard_hit(addr: usize) -> Option<(usize, usize)> {
 /// The handlers that were installed before ours.
 struct Previous(UnsafeCell<[MaybeUninit<libc::sigaction>; 2]>);
 
-// SAFETY: written once, before our handler is installed (under INSTALL's
-// claim), then only read.
+// SAFETY: written once, by the one thread that installs the handler, before
+// our handler is installed (the `sigaction` call that installs it orders
+// the writes before any delivery of the signal), then only read.
 unsafe impl Sync for Previous {}
 
 static PREVIOUS: Previous = Previous(UnsafeCell::new([MaybeUninit::uninit(); 2]));
-/// 0: not installed; 1: installing; 2: installed.
-static INSTALL: AtomicUsize = AtomicUsize::new(0);
 const SIGNALS: [libc::c_int; 2] = [libc::SIGSEGV, libc::SIGBUS];
 
+/// The handler's installation, done once per process.
+#[cfg(not(loom))]
+static INSTALLED: spin::Once = spin::Once::new();
+/// Held while the handler is installed. `fork`'s prepare handler takes it
+/// too (it is one of the locks [`for_each_lock`] yields), so a fork waits
+/// for an install under way, and no child starts with `INSTALLED` half
+/// done: a `spin::Once` left "running" by a thread that does not exist in
+/// the child would make every stack operation there spin forever.
+#[cfg(not(loom))]
+static INSTALL_LOCK: RawLock = RawLock::new();
+
 /// Installs the handler, once per process.
+#[cfg(not(loom))]
+#[inline]
 pub(crate) fn install() {
-    if INSTALL.load(Ordering::Acquire) == 2 {
-        return;
+    if !INSTALLED.is_completed() {
+        install_slow();
     }
-    if INSTALL.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_err() {
-        while INSTALL.load(Ordering::Acquire) != 2 {
-            // SAFETY: sched_yield has no preconditions.
-            unsafe { libc::sched_yield() };
-        }
-        return;
-    }
+}
+
+#[cfg(not(loom))]
+#[cold]
+#[inline(never)]
+fn install_slow() {
+    INSTALL_LOCK.lock();
+    // Under the lock no other thread is inside `call_once`, so it never
+    // spins; a thread that comes second finds the work done.
+    INSTALLED.call_once(install_handlers);
+    // SAFETY: this thread took the lock above.
+    unsafe { INSTALL_LOCK.unlock() };
+}
+
+/// The lock of the handler's installation, for `fork`. It nests in no
+/// other lock and no other lock nests in it.
+#[cfg(not(loom))]
+pub(crate) fn for_each_lock(mut f: impl FnMut(&RawLock)) {
+    f(&INSTALL_LOCK);
+}
+
+#[cfg(not(loom))]
+fn install_handlers() {
     for (k, &sig) in SIGNALS.iter().enumerate() {
-        // SAFETY: a zeroed sigaction is valid; we fill in the fields used.
+        // SAFETY: PREVIOUS is ours to write (see its Sync impl); a zeroed
+        // sigaction is valid, and we fill in the fields used.
         unsafe {
+            // Saved before ours goes in: from then on our handler may run on
+            // any thread and hand a fault on to this one.
+            let previous = (*PREVIOUS.0.get())[k].as_mut_ptr();
+            libc::sigaction(sig, ptr::null(), previous);
             let mut action: libc::sigaction = core::mem::zeroed();
             action.sa_sigaction = handler as *const () as usize;
             action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
             libc::sigemptyset(&mut action.sa_mask);
-            let previous = (*PREVIOUS.0.get())[k].as_mut_ptr();
-            libc::sigaction(sig, &action, previous);
+            libc::sigaction(sig, &action, ptr::null_mut());
         }
     }
-    INSTALL.store(2, Ordering::Release);
 }
 
 extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
