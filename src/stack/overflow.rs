@@ -9,9 +9,10 @@
 //! spanalloc: fatal: coroutine stack overflow: fault at 0x... in the guard of the stack 0x...-0x... (16 KiB)
 //! ```
 //!
-//! and aborts. Any other fault goes to the handler that was installed before
-//! (std's own stack-overflow handler, a debugger's, or the default action),
-//! unchanged.
+//! and aborts. Any other fault, and any `SIGSEGV` / `SIGBUS` another
+//! process or `raise` sent, goes to the handler that was installed before
+//! (std's own stack-overflow handler, a debugger's, or the default action or
+//! `SIG_IGN`), unchanged.
 //!
 //! The handler runs on the thread's alternate signal stack (the coroutine's
 //! own stack is exhausted). std gives its threads one; for a thread that has
@@ -297,48 +298,64 @@ fn install_handlers() {
 
 extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
-    let addr = unsafe { (*info).si_addr() } as usize;
-    if let Some((low, high)) = guard_hit(addr) {
-        let mut line = Line::new();
-        line.str("spanalloc: fatal: coroutine stack overflow: fault at ")
-            .hex(addr)
-            .str(" in the guard of the stack ")
-            .hex(low)
-            .str("-")
-            .hex(high)
-            .str(" (")
-            .dec(((high - low) >> 10) as u64)
-            .str(" KiB; thread ")
-            .dec(os::thread_id())
-            .str(")");
-        line.emit();
-        os::abort();
+    let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
+    // A signal another process (or `raise`, `kill`) sent has a code of 0 or
+    // below and no fault address; only a fault can be an overflow.
+    let fault = code > 0;
+    if fault && let Some((low, high)) = guard_hit(addr) {
+        report_overflow(addr, low, high);
     }
     // Not ours: hand it on as if we were not here.
     let k = if sig == libc::SIGSEGV { 0 } else { 1 };
     // SAFETY: PREVIOUS was filled before the handler was installed.
     let previous = unsafe { (*PREVIOUS.0.get())[k].assume_init_ref() };
     let target = previous.sa_sigaction;
-    if previous.sa_flags & libc::SA_SIGINFO != 0 {
-        // SAFETY: an SA_SIGINFO handler takes these three arguments.
-        let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
-            unsafe { core::mem::transmute(target) };
-        f(sig, info, context);
+    if target == libc::SIG_IGN && !fault {
+        // Ignored, as it would have been.
     } else if target == libc::SIG_DFL || target == libc::SIG_IGN {
-        // Restore the default action and return: the faulting instruction
-        // runs again and the kernel does what it would have done.
-        // SAFETY: resetting a signal's action is async-signal-safe.
+        // The default action, which the kernel also takes for a fault whose
+        // signal is ignored. Restore it; then a fault returns and its
+        // instruction faults again, and a sent signal is sent again (it is
+        // blocked until this handler returns).
+        // SAFETY: resetting a signal's action and raising a signal are
+        // async-signal-safe.
         unsafe {
             let mut action: libc::sigaction = core::mem::zeroed();
             action.sa_sigaction = libc::SIG_DFL;
             libc::sigemptyset(&mut action.sa_mask);
             libc::sigaction(sig, &action, ptr::null_mut());
+            if !fault {
+                libc::raise(sig);
+            }
         }
+    } else if previous.sa_flags & libc::SA_SIGINFO != 0 {
+        // SAFETY: an SA_SIGINFO handler takes these three arguments.
+        let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+            unsafe { core::mem::transmute(target) };
+        f(sig, info, context);
     } else {
         // SAFETY: a plain handler takes the signal number.
         let f: extern "C" fn(libc::c_int) = unsafe { core::mem::transmute(target) };
         f(sig);
     }
+}
+
+/// Writes the overflow report and aborts.
+fn report_overflow(addr: usize, low: usize, high: usize) -> ! {
+    let mut line = Line::new();
+    line.str("spanalloc: fatal: coroutine stack overflow: fault at ")
+        .hex(addr)
+        .str(" in the guard of the stack ")
+        .hex(low)
+        .str("-")
+        .hex(high)
+        .str(" (")
+        .dec(((high - low) >> 10) as u64)
+        .str(" KiB; thread ")
+        .dec(os::thread_id())
+        .str(")");
+    line.emit();
+    os::abort()
 }
 
 // ---------------------------------------------------------------------------
