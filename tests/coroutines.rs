@@ -197,6 +197,18 @@ fn child_entry() {
                 switch_with_ucontext(&stack, recurse_forever);
             }));
         }
+        "overflow-big-after-reuse" => {
+            // A big stack freed on another thread frees its entry in the
+            // overflow table; the next big stack takes it.
+            let old = Stack::new(9 << 20).unwrap();
+            std::thread::spawn(move || drop(old)).join().unwrap();
+            let stack = Stack::new(10 << 20).unwrap();
+            println!("\nstack {:#x}-{:#x}", stack.bottom(), stack.top());
+            use std::io::Write;
+            std::io::stdout().flush().unwrap();
+            let mut c = Coroutine::with_stack(stack, |_: &corosensei::Yielder<(), ()>, ()| recurse(0));
+            let _ = c.resume(());
+        }
         "other-fault" => {
             let _stack = Stack::new(16 << 10).unwrap(); // installs the handler
             println!("\nstack 0x0-0x0");
@@ -238,6 +250,11 @@ fn an_overflow_is_reported_on_a_bare_thread_resuming_a_coroutine_another_thread_
 #[test]
 fn an_overflow_is_reported_on_a_prepared_thread_that_switches_stacks_itself() {
     expect_overflow_report("overflow-own-switch");
+}
+
+#[test]
+fn an_overflow_of_a_big_stack_that_reused_a_freed_entry_names_the_new_stack() {
+    expect_overflow_report("overflow-big-after-reuse");
 }
 
 #[test]

@@ -75,6 +75,47 @@ fn stacks_freed_on_another_thread_come_back() {
 }
 
 #[test]
+fn a_stack_dropped_by_a_thread_local_destructor_goes_back_to_the_pool() {
+    thread_local! {
+        static HELD: std::cell::RefCell<Option<Stack>> = const { std::cell::RefCell::new(None) };
+    }
+    // A class no other test here uses (tests run in parallel).
+    let top = std::thread::spawn(|| {
+        let s = Stack::new(512 << 10).unwrap();
+        let top = s.top();
+        HELD.with(|h| *h.borrow_mut() = Some(s));
+        top
+    })
+    .join()
+    .unwrap();
+    let again: Vec<Stack> = (0..4).map(|_| Stack::new(512 << 10).unwrap()).collect();
+    assert!(again.iter().any(|s| s.top() == top), "the stack dropped at thread exit was not reused");
+}
+
+#[test]
+fn a_stack_dropped_after_spanalloc_flushed_the_exiting_thread_goes_back_to_the_pool() {
+    // A key made after spanalloc's: glibc runs its destructor after the
+    // one that flushes the thread's caches.
+    unsafe extern "C" fn drop_stack(p: *mut libc::c_void) {
+        drop(unsafe { Box::from_raw(p.cast::<Stack>()) });
+    }
+    let mut key: libc::pthread_key_t = 0;
+    drop(Stack::new(16 << 10).unwrap()); // spanalloc's key exists
+    assert_eq!(unsafe { libc::pthread_key_create(&mut key, Some(drop_stack)) }, 0);
+    // A class no other test here uses.
+    let top = std::thread::spawn(move || {
+        let s = Box::new(Stack::new(2 << 20).unwrap());
+        let top = s.top();
+        unsafe { libc::pthread_setspecific(key, Box::into_raw(s).cast()) };
+        top
+    })
+    .join()
+    .unwrap();
+    let again: Vec<Stack> = (0..4).map(|_| Stack::new(2 << 20).unwrap()).collect();
+    assert!(again.iter().any(|s| s.top() == top), "the stack dropped after the flush was not reused");
+}
+
+#[test]
 fn a_reused_stack_gives_back_its_touched_pages() {
     // Touch 1 MiB stacks all the way down, then free them: once they leave
     // the thread cache, at most the kept top stays resident.
@@ -184,42 +225,64 @@ extern "C" fn plain_handler(sig: libc::c_int) {
 /// Says where the fault was (async-signal-safe) and ends the process with 43.
 extern "C" fn siginfo_handler(_sig: libc::c_int, info: *mut libc::siginfo_t, _context: *mut libc::c_void) {
     let addr = unsafe { (*info).si_addr() } as usize;
-    let msg: &[u8] = if addr == 0x10 { b"\nsiginfo handler: fault at 0x10\n" } else { b"\nsiginfo handler: elsewhere\n" };
+    let msg: &[u8] =
+        if addr == 0x10 { b"\nsiginfo handler: fault at 0x10\n" } else { b"\nsiginfo handler: elsewhere\n" };
     unsafe {
         libc::write(1, msg.as_ptr().cast(), msg.len());
         libc::_exit(43);
     }
 }
 
-/// Uses up the process's memory mappings, then asks for a stack of a class
-/// no thread has used yet (a new slab needs a new mapping).
+/// Uses up the process's memory mappings, then asks for stacks: of a class
+/// no thread has used yet (a new slab needs a new mapping), too large for a
+/// slab (a mapping of its own), and of a class whose slab has room. Then
+/// gives a few mappings back and asks again.
 fn map_limit() {
+    // Made before the mappings run out: a slab of this class with room.
+    drop(Stack::new(16 << 10).unwrap());
     let page = 4096;
-    let mut maps = 0;
+    let mut fillers: Vec<usize> = Vec::with_capacity(1 << 20);
     loop {
         // Alternate protections so neighbouring mappings cannot merge.
-        let prot = if maps % 2 == 0 { libc::PROT_READ } else { libc::PROT_READ | libc::PROT_WRITE };
+        let prot = if fillers.len().is_multiple_of(2) { libc::PROT_READ } else { libc::PROT_READ | libc::PROT_WRITE };
         let p = unsafe { libc::mmap(std::ptr::null_mut(), page, prot, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
-        if p == libc::MAP_FAILED {
+        if p == libc::MAP_FAILED || fillers.len() == fillers.capacity() {
             break;
         }
-        maps += 1;
+        fillers.push(p as usize);
     }
-    match Stack::new(4 << 20) {
-        Err(e @ StackError::MapLimit { .. }) => println!("\nerror after {maps} mappings: {e}"),
-        Err(e) => println!("\nunexpected error: {e:?}"),
-        Ok(_) => println!("\nno error"),
+    let maps = fillers.len();
+    let outcome = |size: usize| match Stack::new(size) {
+        Err(e @ StackError::MapLimit { .. }) => format!("map limit ({e})"),
+        Err(e) => format!("unexpected error {e:?}"),
+        Ok(s) => {
+            unsafe { ((s.top() - 1) as *mut u8).write(1) };
+            "ok".to_string()
+        }
+    };
+    println!("\nerror after {maps} mappings: {}", outcome(4 << 20));
+    println!("\nbig stack at the limit: {}", outcome(16 << 20));
+    println!("\nstack with room in its slab at the limit: {}", outcome(16 << 10));
+    for &p in fillers.iter().rev().take(16) {
+        unsafe { libc::munmap(p as *mut libc::c_void, page) };
     }
+    println!("\nnew slab after the limit: {}", outcome(4 << 20));
+    println!("\nbig stack after the limit: {}", outcome(16 << 20));
     std::process::exit(0);
 }
 
 #[test]
-fn running_out_of_mappings_is_an_error_that_names_vm_max_map_count() {
+fn running_out_of_mappings_is_an_error_naming_vm_max_map_count_and_stacks_come_again_once_mappings_free_up() {
     let out = support::run_child(CASE_VAR, "map-limit");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "child died: {:?}\n{stdout}", out.status.signal());
-    assert!(stdout.contains("error after"), "{stdout}");
-    assert!(stdout.contains("vm.max_map_count"), "{stdout}");
+    let first = support::printed(&out, "error after ");
+    assert!(first.contains("map limit") && first.contains("vm.max_map_count"), "{first}");
+    let at_limit = support::printed(&out, "big stack at the limit: ");
+    assert!(at_limit.starts_with("map limit") && at_limit.contains("vm.max_map_count"), "{at_limit}");
+    assert_eq!(support::printed(&out, "stack with room in its slab at the limit: "), "ok");
+    assert_eq!(support::printed(&out, "new slab after the limit: "), "ok");
+    assert_eq!(support::printed(&out, "big stack after the limit: "), "ok");
 }
 
 /// The child's exit code, signal, stdout and stderr.
