@@ -21,8 +21,8 @@
 //! `stack::prepare_thread`, and frees it when the thread exits.
 //!
 //! Everything the handler touches is async-signal-safe: a fixed table of
-//! guard regions read with atomic loads, `write(2)`, `sigaction(2)` and
-//! `abort(3)`. Nothing here allocates.
+//! guard regions read with atomic loads, `write(2)`, `sigaction(2)`,
+//! `raise(3)` and `abort(3)`. Nothing here allocates.
 //!
 //! # Implementation
 //!
