@@ -20,6 +20,11 @@ const MADV_GUARD_INSTALL: libc::c_int = 102;
 const MADV_GUARD_REMOVE: libc::c_int = 103;
 
 /// The kernel's page size, read once.
+///
+/// A plain atomic, not a `spin::Once`: threads that race to the first call
+/// each ask `sysconf` and store the same answer, so there is no "being
+/// computed" state for a thread to wait on, and none that a `fork` (or a
+/// signal handler interrupting the first call) could find half done.
 pub(crate) fn page_size() -> usize {
     static PAGE: AtomicUsize = AtomicUsize::new(0);
     let cached = PAGE.load(Ordering::Relaxed);
@@ -114,6 +119,11 @@ pub(crate) enum GuardKind {
 }
 
 /// Whether the kernel accepted `MADV_GUARD_INSTALL`: 0 unknown, 1 yes, 2 no.
+///
+/// A plain atomic, not a `spin::Once`, for the reason `page_size` gives:
+/// the probe is the guard call itself, racing probes get the same answer
+/// from the same kernel, and storing it twice is harmless; a thread never
+/// waits for another's probe.
 static GUARD_MADVISE: AtomicUsize = AtomicUsize::new(0);
 
 /// Makes `[addr, addr + len)` fault on any access. Uses

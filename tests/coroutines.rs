@@ -1,7 +1,9 @@
 //! corosensei coroutines on spanalloc stacks: thousands suspended at once,
 //! each costing about one resident page, all resumed to completion; and a
 //! coroutine that overflows its stack is reported as such (in a child
-//! process), while other faults go to the handler that was there before.
+//! process), also on a thread std did not make that runs a stack or a
+//! coroutine another thread made, while other faults go to the handler that
+//! was there before.
 
 #![cfg(feature = "corosensei")]
 
@@ -92,12 +94,68 @@ extern "C" fn overflow_on_a_bare_thread(_: *mut libc::c_void) -> *mut libc::c_vo
 }
 
 fn overflow_in_a_coroutine() {
+    let stack = new_stack_named();
+    let mut c = Coroutine::with_stack(stack, |_: &corosensei::Yielder<(), ()>, ()| recurse(0));
+    let _ = c.resume(());
+}
+
+/// A stack, its range printed for the parent to find in the report.
+fn new_stack_named() -> Stack {
     let stack = Stack::new(16 << 10).unwrap();
     println!("\nstack {:#x}-{:#x}", stack.bottom(), stack.top());
     use std::io::Write;
     std::io::stdout().flush().unwrap();
-    let mut c = Coroutine::with_stack(stack, |_: &corosensei::Yielder<(), ()>, ()| recurse(0));
-    let _ = c.resume(());
+    stack
+}
+
+/// Moves a value to another thread although its type is not `Send`: a
+/// coroutine that has not started yet and whose closure captures nothing.
+struct Unstarted<T>(T);
+
+// SAFETY: see above; nothing in it refers to the thread that made it.
+unsafe impl<T> Send for Unstarted<T> {}
+
+/// Runs `f` on a thread made with `pthread_create`, which std has given no
+/// alternate signal stack and which has done no spanalloc stack operation
+/// before `f` (it checks that it has no alternate stack).
+fn on_a_bare_thread(f: Box<dyn FnOnce() + Send>) {
+    extern "C" fn start(arg: *mut libc::c_void) -> *mut libc::c_void {
+        let f = unsafe { Box::from_raw(arg.cast::<Box<dyn FnOnce() + Send>>()) };
+        let mut current: libc::stack_t = unsafe { std::mem::zeroed() };
+        unsafe { libc::sigaltstack(std::ptr::null(), &mut current) };
+        if current.ss_flags & libc::SS_DISABLE == 0 {
+            println!("\nthe bare thread has an alternate signal stack");
+            std::process::exit(4);
+        }
+        f();
+        std::ptr::null_mut()
+    }
+    let arg = Box::into_raw(Box::new(f));
+    let mut t: libc::pthread_t = 0;
+    unsafe {
+        assert_eq!(libc::pthread_create(&mut t, std::ptr::null(), start, arg.cast()), 0);
+        libc::pthread_join(t, std::ptr::null_mut());
+    }
+}
+
+/// Runs `entry` on `stack` with `swapcontext`, the way a runtime that
+/// switches stacks itself would (no corosensei: no spanalloc code runs at
+/// the switch).
+fn switch_with_ucontext(stack: &Stack, entry: extern "C" fn()) {
+    unsafe {
+        let mut back: libc::ucontext_t = std::mem::zeroed();
+        let mut on_stack: libc::ucontext_t = std::mem::zeroed();
+        assert_eq!(libc::getcontext(&mut on_stack), 0);
+        on_stack.uc_stack.ss_sp = stack.bottom() as *mut libc::c_void;
+        on_stack.uc_stack.ss_size = stack.size();
+        on_stack.uc_link = &mut back;
+        libc::makecontext(&mut on_stack, entry, 0);
+        assert_eq!(libc::swapcontext(&mut back, &on_stack), 0);
+    }
+}
+
+extern "C" fn recurse_forever() {
+    recurse(0);
 }
 
 #[test]
@@ -113,6 +171,43 @@ fn child_entry() {
                 libc::pthread_create(&mut t, std::ptr::null(), overflow_on_a_bare_thread, std::ptr::null_mut());
                 libc::pthread_join(t, std::ptr::null_mut());
             }
+        }
+        "overflow-stack-from-another-thread" => {
+            // Made here, run by a coroutine a bare thread makes.
+            let stack = new_stack_named();
+            on_a_bare_thread(Box::new(move || {
+                let mut c = Coroutine::with_stack(stack, |_: &corosensei::Yielder<(), ()>, ()| recurse(0));
+                let _ = c.resume(());
+            }));
+        }
+        "overflow-coroutine-from-another-thread" => {
+            // Stack and coroutine made here, resumed by a bare thread.
+            let c = Coroutine::with_stack(new_stack_named(), |_: &corosensei::Yielder<(), ()>, ()| recurse(0));
+            let c = Unstarted(c);
+            on_a_bare_thread(Box::new(move || {
+                let mut c = c;
+                let _ = c.0.resume(());
+            }));
+        }
+        "overflow-own-switch" => {
+            // A runtime that switches stacks itself prepares its threads.
+            let stack = new_stack_named();
+            on_a_bare_thread(Box::new(move || {
+                spanalloc::stack::prepare_thread();
+                switch_with_ucontext(&stack, recurse_forever);
+            }));
+        }
+        "overflow-big-after-reuse" => {
+            // A big stack freed on another thread frees its entry in the
+            // overflow table; the next big stack takes it.
+            let old = Stack::new(9 << 20).unwrap();
+            std::thread::spawn(move || drop(old)).join().unwrap();
+            let stack = Stack::new(10 << 20).unwrap();
+            println!("\nstack {:#x}-{:#x}", stack.bottom(), stack.top());
+            use std::io::Write;
+            std::io::stdout().flush().unwrap();
+            let mut c = Coroutine::with_stack(stack, |_: &corosensei::Yielder<(), ()>, ()| recurse(0));
+            let _ = c.resume(());
         }
         "other-fault" => {
             let _stack = Stack::new(16 << 10).unwrap(); // installs the handler
@@ -140,6 +235,26 @@ fn an_overflowing_coroutine_is_reported_with_its_stack() {
 #[test]
 fn an_overflow_on_a_thread_without_an_alternate_stack_is_reported() {
     expect_overflow_report("overflow-bare-thread");
+}
+
+#[test]
+fn an_overflow_is_reported_on_a_bare_thread_running_a_stack_another_thread_made() {
+    expect_overflow_report("overflow-stack-from-another-thread");
+}
+
+#[test]
+fn an_overflow_is_reported_on_a_bare_thread_resuming_a_coroutine_another_thread_made() {
+    expect_overflow_report("overflow-coroutine-from-another-thread");
+}
+
+#[test]
+fn an_overflow_is_reported_on_a_prepared_thread_that_switches_stacks_itself() {
+    expect_overflow_report("overflow-own-switch");
+}
+
+#[test]
+fn an_overflow_of_a_big_stack_that_reused_a_freed_entry_names_the_new_stack() {
+    expect_overflow_report("overflow-big-after-reuse");
 }
 
 #[test]

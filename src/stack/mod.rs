@@ -28,7 +28,11 @@
 //! returns [`StackError::MapLimit`], which names `vm.max_map_count`.
 //!
 //! A coroutine that overflows hits the guard, and the process reports which
-//! stack overflowed, then aborts (see `overflow`).
+//! stack overflowed, then aborts (see `overflow`). The report runs on the
+//! overflowing thread's alternate signal stack, which spanalloc provides
+//! where std did not: on every thread that makes or drops a stack, starts
+//! or resumes a corosensei coroutine on one, or calls [`prepare_thread`]
+//! (runtimes that switch stacks themselves call it on their threads).
 
 mod overflow;
 pub(crate) mod pool;
@@ -233,7 +237,9 @@ impl Stack {
 #[cfg(not(loom))]
 /// Sets how many bytes at the top of a stack stay resident once it leaves a
 /// thread's cache (16 KiB by default; rounded up to whole pages). The pages
-/// below are given back to the OS.
+/// below are given back to the OS. Any value is accepted: 0 gives every
+/// page back, and a value at least a stack's size (`usize::MAX`, say) keeps
+/// all of it.
 pub fn set_resident_keep(bytes: usize) {
     POOLS.set_keep(bytes);
 }
@@ -277,9 +283,31 @@ fn resident_bytes(base: usize, len: usize) -> u64 {
 }
 
 #[cfg(not(loom))]
-/// The stack pools' locks, for `fork`.
-pub(crate) fn for_each_lock(f: impl FnMut(&crate::sync::RawLock)) {
+/// The stack module's locks, for `fork`: the overflow handler's install
+/// and the stack pools'.
+pub(crate) fn for_each_lock(mut f: impl FnMut(&crate::sync::RawLock)) {
+    overflow::for_each_lock(&mut f);
     POOLS.for_each_lock(f);
+}
+
+#[cfg(not(loom))]
+/// Makes the calling thread ready to report an overflow of any stack it
+/// runs: installs the overflow handler (once per process) and gives the
+/// thread an alternate signal stack if it has none, freed when the thread
+/// exits. Cheap after the first call on a thread (one thread-local flag).
+///
+/// The overflow report needs an alternate signal stack on the thread that
+/// overflows: the overflowing stack has no room left for the handler. std
+/// gives its own threads one, and spanalloc gives one to every thread that
+/// makes or drops a [`Stack`], and (with the `corosensei` feature) to every
+/// thread that starts or resumes a coroutine on one. A runtime that
+/// switches to spanalloc stacks itself, on threads that may never have done
+/// any of that (a pool of workers made with `pthread_create`, say), calls
+/// this on each such thread before its first switch; without it an
+/// overflow there ends the process with a bare `SIGSEGV`.
+#[inline]
+pub fn prepare_thread() {
+    crate::global::with_stack_cache(|_| ());
 }
 
 #[cfg(all(feature = "corosensei", not(loom)))]
@@ -287,7 +315,12 @@ pub(crate) fn for_each_lock(f: impl FnMut(&crate::sync::RawLock)) {
 // memory with a guard region below it; base and limit are page-aligned, so
 // aligned to STACK_ALIGNMENT.
 unsafe impl corosensei::stack::Stack for Stack {
+    /// corosensei asks for the base on the thread that is about to switch
+    /// to the stack (when a coroutine is made, and at every resume), so
+    /// this is where that thread is prepared to report an overflow.
+    #[inline]
     fn base(&self) -> corosensei::stack::StackPointer {
+        prepare_thread();
         corosensei::stack::StackPointer::new(self.top()).expect("a stack's top is not null")
     }
 

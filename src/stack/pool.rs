@@ -208,9 +208,11 @@ impl StackPools {
         }
     }
 
-    /// Sets how many bytes at its top a pooled stack may keep resident.
+    /// Sets how many bytes at its top a pooled stack may keep resident. Any
+    /// value is accepted: one at least the largest class keeps every page,
+    /// so it is stored as that (the page rounding below cannot overflow).
     pub(crate) fn set_keep(&self, bytes: usize) {
-        self.keep.store(bytes, Ordering::Relaxed);
+        self.keep.store(bytes.min(class_size(NUM_CLASSES - 1)), Ordering::Relaxed);
     }
 
     /// A stack of `class` for `cache`'s thread.
@@ -336,6 +338,7 @@ impl StackPools {
 
     /// Gives back the pages of a stack below its kept top.
     fn release_below_keep(&self, class: usize, slot: Slot) {
+        // At most the largest class (`set_keep`), so this cannot overflow.
         let keep = self.keep.load(Ordering::Relaxed).next_multiple_of(os::page_size());
         let size = class_size(class);
         if keep < size {
