@@ -48,7 +48,7 @@ impl Heap {
         let heap: &Heap = self;
         let mut audit = Audit::default();
         for class in 1..NUM_CLASSES {
-            let full = heap.central[class].for_each_listed(&heap.mheap, |span, list| {
+            let full = heap.shared().central[class].for_each_listed(&heap.shared().mheap, |span, list| {
                 let state = span.state.load(Ordering::Acquire);
                 assert_eq!(span.kind, SpanKind::Small, "listed span is not small");
                 assert_eq!(span.class as usize, class, "span on another class's list");
@@ -72,7 +72,7 @@ impl Heap {
         }
 
         let (mut full_found, mut partial_found, mut empty_found) = (0, 0, 0);
-        heap.mheap.for_each_page(|addr, span, free| {
+        heap.shared().mheap.for_each_page(|addr, span, free| {
             let meta = arena::meta_of(addr).expect("a heap page outside any arena");
             let tag = meta.tag_at(addr);
             if free {
@@ -133,7 +133,7 @@ impl Heap {
         assert_eq!(audit.allocated_objects, live_small, "spans and counters disagree on live objects");
         // The page table holds every large object the mheap handed out and
         // did not get back: live ones, and freed ones caches keep.
-        let k = &heap.mheap.counters;
+        let k = &heap.shared().mheap.counters;
         assert_eq!((audit.large_objects + audit.large_kept) as u64, k.large_allocs.get() - k.large_frees.get());
         audit
     }
@@ -145,7 +145,7 @@ impl Heap {
     #[cfg(test)]
     pub(crate) fn large_census(&self) -> (usize, usize) {
         let (mut live, mut kept) = (0, 0);
-        self.mheap.for_each_page(|_, span, _| {
+        self.shared().mheap.for_each_page(|_, span, _| {
             // SAFETY: non-null entries point at live records.
             if let Some(s) = unsafe { span.as_ref() }
                 && s.kind == SpanKind::Large

@@ -61,6 +61,3 @@ pub fn stats() -> Stats {
     s.stacks = crate::stack::stats(s.stacks.cached);
     s
 }
-
-/// The calling thread's stack cache (for `stack`).
-pub(crate) use crate::thread::with_stack_cache;

@@ -11,6 +11,16 @@
 //! called from the caches' slow paths and does the work of a tick (empty
 //! spans back to the mheap, pages free since the last tick back to the OS)
 //! at most every [`crate::mheap::TICK_MS`].
+//!
+//! # Where a heap lives
+//!
+//! A `Heap` value is a pointer to its shared state ([`Shared`]), made in
+//! memory of its own on first use: a `Heap` can be moved once no cache
+//! borrows it, but its locks cannot, and every live heap's state is on a
+//! process-wide list so that `fork` takes the locks of every heap, not only
+//! the global one's (a child must not inherit a lock another thread held).
+//! Only slow paths reach the heap, so the extra load costs the fast paths
+//! nothing.
 
 use core::ptr;
 
@@ -19,21 +29,198 @@ use crate::mheap::MHeap;
 use crate::os;
 use crate::sizeclass::{NUM_CLASSES, PAGE_SIZE};
 use crate::stats::{CacheStats, Stats};
-use crate::sync::{Mutex, const_fn_unless_loom};
+use crate::sync::Mutex;
+use crate::sync::unmodelled::{AtomicPtr, Ordering};
 
 /// A heap: mheap + mcentrals. See the module docs.
 pub struct Heap {
+    /// The shared state, made on first use (null until then).
+    shared: AtomicPtr<Shared>,
+}
+
+/// A heap's state: what its caches share.
+pub(crate) struct Shared {
     pub(crate) mheap: MHeap,
     pub(crate) central: [MCentral; NUM_CLASSES],
     /// Thread caches whose counters `stats` reads.
     registry: Mutex<Registry>,
     /// Counters of caches that are gone.
     retired: CacheStats,
+    /// Links on the list of live heaps (under `HEAPS`).
+    links: core::cell::UnsafeCell<(*mut Shared, *mut Shared)>,
 }
 
 // SAFETY: everything shared is behind locks or atomics (see each level).
 unsafe impl Sync for Heap {}
 unsafe impl Send for Heap {}
+unsafe impl Sync for Shared {}
+unsafe impl Send for Shared {}
+
+impl Heap {
+    /// The heap's shared state (made on first use).
+    #[inline]
+    pub(crate) fn shared(&self) -> &Shared {
+        let p = self.shared.load(Ordering::Acquire);
+        if p.is_null() {
+            return self.make_shared();
+        }
+        // SAFETY: once made, the state lives until the heap is dropped.
+        unsafe { &*p }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The list of live heaps.
+
+#[cfg(not(loom))]
+mod heaps {
+    use super::Shared;
+    use crate::sync::unmodelled::SpinLock;
+
+    pub(super) static LOCK: SpinLock = SpinLock::new();
+    /// The first live heap's state (under LOCK).
+    pub(super) static mut HEAD: *mut Shared = core::ptr::null_mut();
+}
+
+impl Shared {
+    /// A new state (to be placed at its final address before use).
+    #[cfg_attr(loom, allow(clippy::new_ret_no_self))]
+    fn new() -> Shared {
+        Shared {
+            mheap: MHeap::new(),
+            central: new_centrals(),
+            registry: Mutex::new(Registry { head: ptr::null() }),
+            retired: CacheStats::new(),
+            links: core::cell::UnsafeCell::new((ptr::null_mut(), ptr::null_mut())),
+        }
+    }
+}
+
+impl Heap {
+    /// Makes the shared state on first use (racing first uses agree on one).
+    #[cold]
+    #[inline(never)]
+    fn make_shared(&self) -> &Shared {
+        let fresh = alloc_shared();
+        match self.shared.compare_exchange(ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                list_add(fresh);
+                // SAFETY: installed; lives until the heap is dropped.
+                unsafe { &*fresh }
+            }
+            Err(other) => {
+                // SAFETY: never shared.
+                unsafe { free_shared(fresh) };
+                // SAFETY: as above.
+                unsafe { &*other }
+            }
+        }
+    }
+
+    /// Runs `f` on every live heap, holding the list's lock across (for
+    /// `fork`: `lock` takes the list's lock, `!lock` releases it).
+    #[cfg(not(loom))]
+    pub(crate) fn fork_lock_all(lock: bool, mut f: impl FnMut(&Shared)) {
+        if lock {
+            heaps::LOCK.lock();
+        }
+        // SAFETY: the list is only changed under its lock, which this
+        // thread holds across the fork.
+        let mut at = unsafe { *core::ptr::addr_of!(heaps::HEAD) };
+        // SAFETY: listed states are live.
+        while let Some(s) = unsafe { at.as_ref() } {
+            f(s);
+            at = unsafe { (*s.links.get()).1 };
+        }
+        if !lock {
+            // SAFETY: taken by this thread's prepare handler.
+            unsafe { heaps::LOCK.unlock() };
+        }
+    }
+}
+
+/// Memory for a heap's state, outside any heap; aborts when the kernel
+/// refuses it (there is no null to return from the slow path that asks).
+fn alloc_shared() -> *mut Shared {
+    #[cfg(not(loom))]
+    {
+        let Some(p) = os::map(size_of::<Shared>()) else {
+            crate::report::fatal_resource("a heap (no memory for its state)");
+        };
+        let p = p.cast::<Shared>();
+        // SAFETY: fresh, big enough and page-aligned.
+        unsafe { p.write(Shared::new()) };
+        p
+    }
+    #[cfg(loom)]
+    Box::into_raw(Box::new(Shared::new()))
+}
+
+/// # Safety
+/// `p` came from `alloc_shared`, is off the list, and nothing uses it.
+unsafe fn free_shared(p: *mut Shared) {
+    #[cfg(not(loom))]
+    // SAFETY: the caller's contract.
+    unsafe {
+        ptr::drop_in_place(p);
+        os::unmap(p.cast(), size_of::<Shared>());
+    }
+    #[cfg(loom)]
+    // SAFETY: the caller's contract.
+    drop(unsafe { Box::from_raw(p) });
+}
+
+fn list_add(s: *mut Shared) {
+    #[cfg(not(loom))]
+    {
+        heaps::LOCK.lock();
+        // SAFETY: under the lock; listed states are live.
+        unsafe {
+            let head = *core::ptr::addr_of!(heaps::HEAD);
+            *(*s).links.get() = (ptr::null_mut(), head);
+            if let Some(h) = head.as_ref() {
+                (*h.links.get()).0 = s;
+            }
+            *core::ptr::addr_of_mut!(heaps::HEAD) = s;
+            heaps::LOCK.unlock();
+        }
+    }
+    #[cfg(loom)]
+    let _ = s;
+}
+
+fn list_remove(s: *mut Shared) {
+    #[cfg(not(loom))]
+    {
+        heaps::LOCK.lock();
+        // SAFETY: under the lock; listed states are live.
+        unsafe {
+            let (prev, next) = *(*s).links.get();
+            match prev.as_ref() {
+                Some(p) => (*p.links.get()).1 = next,
+                None => *core::ptr::addr_of_mut!(heaps::HEAD) = next,
+            }
+            if let Some(n) = next.as_ref() {
+                (*n.links.get()).0 = prev;
+            }
+            heaps::LOCK.unlock();
+        }
+    }
+    #[cfg(loom)]
+    let _ = s;
+}
+
+impl Drop for Heap {
+    fn drop(&mut self) {
+        let p = *self.shared.get_mut();
+        if !p.is_null() {
+            list_remove(p);
+            // SAFETY: no cache can outlive the heap (they borrow it), so
+            // nothing uses the state; the mheap's drop unmaps its arenas.
+            unsafe { free_shared(p) };
+        }
+    }
+}
 
 struct Registry {
     head: *const CacheStats,
@@ -44,16 +231,9 @@ struct Registry {
 unsafe impl Send for Registry {}
 
 impl Heap {
-    const_fn_unless_loom! {
-        /// A new, empty heap. It reserves memory only when first used.
-        pub fn new() -> Heap {
-            Heap {
-                mheap: MHeap::new(),
-                central: new_centrals(),
-                registry: Mutex::new(Registry { head: ptr::null() }),
-                retired: CacheStats::new(),
-            }
-        }
+    /// A new, empty heap. It reserves memory only when first used.
+    pub const fn new() -> Heap {
+        Heap { shared: AtomicPtr::new(ptr::null_mut()) }
     }
 
     /// Gives memory back to the OS now: every empty span goes back to the
@@ -61,10 +241,10 @@ impl Heap {
     /// and spans in caches stay where they are (flush a cache first to
     /// include it).
     pub fn release(&self) {
-        for central in &self.central[1..] {
-            central.release_empty(&self.mheap);
+        for central in &self.shared().central[1..] {
+            central.release_empty(&self.shared().mheap);
         }
-        self.mheap.scavenge(true);
+        self.shared().mheap.scavenge(true);
     }
 
     /// A snapshot of the heap's statistics.
@@ -84,9 +264,9 @@ impl Heap {
                 s.by_class[c].frees += cs.classes[c].frees.get();
             }
         };
-        add(&mut s, &self.retired);
+        add(&mut s, &self.shared().retired);
         {
-            let reg = self.registry.lock();
+            let reg = self.shared().registry.lock();
             let mut at = reg.head;
             // SAFETY: registered counters stay alive until they unregister,
             // which takes this lock.
@@ -96,12 +276,12 @@ impl Heap {
             }
         }
         for c in 1..NUM_CLASSES {
-            let (partial, empty, full) = self.central[c].counts();
+            let (partial, empty, full) = self.shared().central[c].counts();
             s.by_class[c].central_partial = partial as u32;
             s.by_class[c].central_empty = empty as u32;
             s.by_class[c].central_full = full as u32;
         }
-        let k = &self.mheap.counters;
+        let k = &self.shared().mheap.counters;
         s.large_mallocs = k.large_allocs.get() + large_hits;
         s.large_frees = k.large_frees.get() + large_hits + large_kept;
         let large_span_bytes = k.large_bytes.get();
@@ -121,7 +301,7 @@ impl Heap {
     /// and the pages may be dirty, zeroed here).
     pub(crate) fn alloc_large(&self, size: usize, align: usize, zero: bool) -> *mut u8 {
         self.maybe_tick(os::now_ms());
-        let (p, needzero) = self.mheap.alloc_large(size, align);
+        let (p, needzero) = self.shared().mheap.alloc_large(size, align);
         if zero && needzero && !p.is_null() {
             // SAFETY: the object holds at least `size` writable bytes.
             unsafe { ptr::write_bytes(p, 0, size) };
@@ -130,36 +310,36 @@ impl Heap {
     }
 
     pub(crate) fn free_large(&self, addr: usize) {
-        self.mheap.free_large(addr);
+        self.shared().mheap.free_large(addr);
         self.maybe_tick(os::now_ms());
     }
 
     /// Runs a scavenger tick if one is due at `now` (`os::now_ms`).
     #[inline]
     pub(crate) fn maybe_tick(&self, now: u64) {
-        if self.mheap.tick_due(now) {
+        if self.shared().mheap.tick_due(now) {
             self.tick();
         }
     }
 
     #[cold]
     fn tick(&self) {
-        for central in &self.central[1..] {
-            central.release_empty(&self.mheap);
+        for central in &self.shared().central[1..] {
+            central.release_empty(&self.shared().mheap);
         }
-        self.mheap.scavenge(false);
+        self.shared().mheap.scavenge(false);
     }
 
     /// Adds a dropped cache's counters to the heap's.
     pub(crate) fn absorb_stats(&self, stats: &CacheStats) {
         for c in 1..NUM_CLASSES {
-            let (from, to) = (&stats.classes[c], &self.retired.classes[c]);
+            let (from, to) = (&stats.classes[c], &self.shared().retired.classes[c]);
             to.mallocs.add_shared(from.mallocs.get());
             to.frees.add_shared(from.frees.get());
         }
         // A dropped cache keeps no large object: only its count of reuses
         // lives on.
-        self.retired.large_hits.add_shared(stats.large_hits.get());
+        self.shared().retired.large_hits.add_shared(stats.large_hits.get());
     }
 
     /// Puts a thread cache's counters on the registry.
@@ -168,7 +348,7 @@ impl Heap {
     /// `stats` must stay at its address until [`Heap::unregister`].
     #[cfg(not(loom))]
     pub(crate) unsafe fn register(&self, stats: &CacheStats) {
-        let mut reg = self.registry.lock();
+        let mut reg = self.shared().registry.lock();
         let me = stats as *const CacheStats;
         // SAFETY: links are only touched under the registry lock.
         unsafe {
@@ -183,7 +363,7 @@ impl Heap {
     /// Takes a thread cache's counters off the registry, keeping their sums.
     #[cfg(not(loom))]
     pub(crate) fn unregister(&self, stats: &CacheStats) {
-        let mut reg = self.registry.lock();
+        let mut reg = self.shared().registry.lock();
         // SAFETY: links are only touched under the registry lock, and
         // registered counters are alive.
         unsafe {
@@ -200,7 +380,9 @@ impl Heap {
         self.absorb_stats(stats);
         drop(reg);
     }
+}
 
+impl Shared {
     /// Every lock of the heap, in the order `fork` must take them.
     #[cfg(not(loom))]
     pub(crate) fn for_each_lock(&self, mut f: impl FnMut(&crate::sync::RawLock)) {
@@ -219,7 +401,7 @@ impl Default for Heap {
 }
 
 #[cfg(not(loom))]
-const fn new_centrals() -> [MCentral; NUM_CLASSES] {
+fn new_centrals() -> [MCentral; NUM_CLASSES] {
     [const { MCentral::new() }; NUM_CLASSES]
 }
 

@@ -124,7 +124,7 @@ impl LargeCache {
         // SAFETY: kept spans are live records the cache owns.
         let span = unsafe { &*span };
         self.bytes -= span.npages * PAGE_SIZE;
-        heap.mheap.return_large(span, LARGE_CACHED);
+        heap.shared().mheap.return_large(span, LARGE_CACHED);
     }
 }
 
@@ -136,7 +136,7 @@ mod tests {
     fn object(heap: &Heap, size: usize) -> &'static mut Span {
         let p = heap.alloc_large(size, 8, false);
         assert!(!p.is_null());
-        heap.mheap.large_span_of(p as usize).1
+        heap.shared().mheap.large_span_of(p as usize).1
     }
 
     #[test]
@@ -158,7 +158,7 @@ mod tests {
         let mut cache = LargeCache::new();
         let big = object(&heap, (1 << 20) + 1);
         assert!(!cache.put(&heap, big));
-        heap.mheap.return_large(big, LARGE_LIVE);
+        heap.shared().mheap.return_large(big, LARGE_LIVE);
         for _ in 0..6 {
             assert!(cache.put(&heap, object(&heap, 1 << 20)));
             assert!(cache.bytes() <= MAX_BYTES);

@@ -446,7 +446,7 @@ impl CacheCore {
                 check_live(heap, old_class, ptr as usize);
                 return ptr;
             }
-            if heap.mheap.resize_large(ptr as usize, new_size) {
+            if heap.shared().mheap.resize_large(ptr as usize, new_size) {
                 return ptr;
             }
         }
@@ -552,7 +552,7 @@ impl CacheCore {
                 continue;
             }
             let tag = self.bins[class].tag;
-            let span = heap.central[class].cache_span(&heap.mheap, class, tag);
+            let span = heap.shared().central[class].cache_span(&heap.shared().mheap, class, tag);
             if span.is_null() {
                 return false;
             }
@@ -580,7 +580,7 @@ impl CacheCore {
         let first = core::mem::replace(&mut sp.full, ptr::null_mut());
         sp.nfull = 0;
         self.owned_pages -= count_pages(first);
-        heap.central[class].uncache_list(&heap.mheap, first, self.bins[class].tag);
+        heap.shared().central[class].uncache_list(&heap.shared().mheap, first, self.bins[class].tag);
     }
 
     /// A large object: the most recent one of its page count from the
@@ -641,7 +641,7 @@ impl CacheCore {
         } else {
             let (remote, _) = meta.remote_bit(addr);
             if span.free_remote(addr, alloc, remote, bit) {
-                heap.central[class].notify(&heap.mheap, span);
+                heap.shared().central[class].notify(&heap.shared().mheap, span);
             }
         }
         host.stats().classes[class].frees.bump(1);
@@ -650,7 +650,7 @@ impl CacheCore {
 
     /// Takes back a span of `class` this cache gave to the mcentral.
     fn adopt(&mut self, heap: &Heap, class: usize, span: &Span) -> bool {
-        if !heap.central[class].adopt(&heap.mheap, span, self.bins[class].tag) {
+        if !heap.shared().central[class].adopt(&heap.shared().mheap, span, self.bins[class].tag) {
             return false;
         }
         self.owned_pages += span.npages;
@@ -712,7 +712,7 @@ impl CacheCore {
             // The spans left holding no object of the stack (a span whose
             // last objects came back to it in this flush), wholly free.
             self.owned_pages -= count_pages(empty);
-            heap.central[class].uncache_list(&heap.mheap, empty, self.bins[class].tag);
+            heap.shared().central[class].uncache_list(&heap.shared().mheap, empty, self.bins[class].tag);
         }
     }
 
@@ -737,7 +737,7 @@ impl CacheCore {
             span.link_front(&mut all, ListId::None);
         }
         self.owned_pages -= count_pages(all);
-        heap.central[class].uncache_list(&heap.mheap, all, self.bins[class].tag);
+        heap.shared().central[class].uncache_list(&heap.shared().mheap, all, self.bins[class].tag);
         self.spans[class].busy = false;
     }
 
@@ -755,7 +755,7 @@ impl CacheCore {
             Mode::Exited => return host.heap().free_large(addr),
         }
         let heap = host.heap();
-        let (_, span) = heap.mheap.large_span_of(addr);
+        let (_, span) = heap.shared().mheap.large_span_of(addr);
         if !self.large.put(heap, span) {
             return heap.free_large(addr);
         }
@@ -848,7 +848,7 @@ fn small_span_of(heap: &Heap, addr: usize, class: usize) -> &'static Span {
     let Some((meta, span)) = arena::span_of(addr) else {
         report::invalid_free(addr);
     };
-    if meta.heap_id != heap.mheap.id.load(Ordering::Relaxed) {
+    if meta.heap_id != heap.shared().mheap.id.load(Ordering::Relaxed) {
         report::wrong_heap(addr);
     }
     // SAFETY: a non-null page entry points at a live record.

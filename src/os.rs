@@ -242,6 +242,12 @@ pub(crate) fn abort() -> ! {
     unsafe { libc::abort() }
 }
 
+/// The calling process's id.
+pub(crate) fn pid() -> usize {
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() as usize }
+}
+
 /// The number of the calling thread (for reports).
 pub(crate) fn thread_id() -> u64 {
     // SAFETY: gettid has no preconditions.

@@ -27,8 +27,12 @@
 
 #[cfg(not(loom))]
 pub(crate) use core::sync::atomic;
+
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic;
+/// One-time initialisation that never allocates (`spin`'s).
+#[cfg(not(loom))]
+pub(crate) use spin::Once;
 
 use atomic::{AtomicU32, Ordering};
 

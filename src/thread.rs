@@ -29,8 +29,9 @@
 //! # fork
 //!
 //! The prepare handler takes every lock of the heap, of the cache indices,
-//! of the fallback cache and of the stack pools; the parent and the child
-//! release them after `fork`. The child thus starts with a consistent heap;
+//! of the fallback cache, and those the stack module and the profiler
+//! register (their pools, the overflow handler's install); the parent and
+//! the child release them after `fork`. The child thus starts with a consistent heap;
 //! the caches of the threads that do not exist in the child keep their
 //! spans, which are simply never reused.
 
@@ -40,7 +41,7 @@ use core::ptr;
 use crate::heap::Heap;
 use crate::index;
 use crate::mcache::{CacheCore, Host, Mode};
-use crate::stack::StackCache;
+use crate::os;
 use crate::stats::CacheStats;
 use crate::sync::Mutex;
 use crate::sync::unmodelled::{AtomicUsize, Ordering};
@@ -48,32 +49,25 @@ use crate::sync::unmodelled::{AtomicUsize, Ordering};
 /// The heap behind [`crate::SpanAlloc`].
 pub(crate) static HEAP: Heap = Heap::new();
 
-/// One thread's caches (objects and stacks) and their counters.
+/// One thread's object cache and its counters.
 struct ThreadCache {
     core: UnsafeCell<CacheCore>,
     stats: CacheStats,
-    stacks: UnsafeCell<StackCache>,
     /// Set-up done for this thread (`REGISTERED`, `EXIT_HOOK`).
     flags: Cell<u8>,
-    /// An alternate signal stack spanalloc installed for the thread.
-    altstack: Cell<usize>,
 }
 
 /// The thread's counters are on the heap's registry.
 const REGISTERED: u8 = 1;
 /// The thread-exit key is set for the thread.
 const EXIT_HOOK: u8 = 2;
-/// The thread's stack set-up (alternate signal stack) is done.
-const STACK_SETUP: u8 = 4;
 
 thread_local! {
     static CACHE: ThreadCache = const {
         ThreadCache {
             core: UnsafeCell::new(CacheCore::new(Mode::ThreadFresh)),
             stats: CacheStats::new(),
-            stacks: UnsafeCell::new(StackCache::new()),
             flags: Cell::new(0),
-            altstack: Cell::new(0),
         }
     };
 }
@@ -177,35 +171,53 @@ impl Host for FallbackHost {
 }
 
 // ---------------------------------------------------------------------------
-// Stacks.
+// What other parts of spanalloc (the stacks, the profiler) hook into a
+// thread's life, without this module knowing them.
 
-/// Runs `f` on the calling thread's stack cache, setting the thread up on
-/// first use (exit hook, alternate signal stack) and publishing the number
-/// of stacks it holds.
-#[inline(always)]
-pub(crate) fn with_stack_cache<R>(f: impl FnOnce(&mut StackCache) -> R) -> R {
-    let tc = thread_cache();
-    // SAFETY: the cache lives as long as its thread and only this thread
-    // reaches it; the stack pools never re-enter the stack cache.
-    let tc = unsafe { &*tc };
-    if tc.flags.get() & STACK_SETUP == 0 {
-        stack_thread_setup(tc);
-    }
-    // SAFETY: as above, this is the only reference to the stack cache.
-    let stacks = unsafe { &mut *tc.stacks.get() };
-    let r = f(stacks);
-    tc.stats.stacks_cached.set(stacks.len() as u64);
-    r
+/// A part's hooks: called at each thread's exit (after its object cache was
+/// flushed), and around `fork` with `true` (take your locks) and `false`
+/// (release them).
+#[derive(Clone, Copy)]
+pub(crate) struct Hooks {
+    pub(crate) exit: fn(),
+    pub(crate) fork_locks: fn(bool),
 }
 
-/// The first stack operation of a thread: its exit hook and its overflow
-/// handler's alternate stack.
-#[cold]
-#[inline(never)]
-fn stack_thread_setup(tc: &ThreadCache) {
-    register_thread(tc);
-    tc.altstack.set(crate::stack::thread_setup());
-    tc.flags.set(tc.flags.get() | STACK_SETUP);
+/// Registered hooks, as function addresses (0: an empty slot).
+static EXIT_HOOKS: [AtomicUsize; 2] = [const { AtomicUsize::new(0) }; 2];
+static FORK_HOOKS: [AtomicUsize; 2] = [const { AtomicUsize::new(0) }; 2];
+
+/// Registers `hooks` (once; registering the same hooks again does nothing).
+pub(crate) fn set_hooks(hooks: Hooks) {
+    add_hook(&EXIT_HOOKS, hooks.exit as usize);
+    add_hook(&FORK_HOOKS, hooks.fork_locks as usize);
+}
+
+fn add_hook(slots: &[AtomicUsize], f: usize) {
+    for slot in slots {
+        match slot.compare_exchange(0, f, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return,
+            Err(existing) if existing == f => return,
+            Err(_) => {}
+        }
+    }
+    debug_assert!(false, "more thread hooks than slots");
+}
+
+/// The calling thread's counters (the stack module publishes how many
+/// stacks its cache holds there). Use them at once, on this thread.
+pub(crate) fn stats_of_current() -> &'static CacheStats {
+    // SAFETY: the counters live as long as the thread, and the caller uses
+    // the reference on it, right away.
+    unsafe { &(*thread_cache()).stats }
+}
+
+/// Puts the calling thread's counters on the registry and sets its exit
+/// hook, if that was not done yet (a thread that uses stacks but never
+/// allocates through spanalloc).
+pub(crate) fn register_current() {
+    // SAFETY: the thread's cache outlives this call.
+    register_thread(unsafe { &*thread_cache() });
 }
 
 // ---------------------------------------------------------------------------
@@ -213,6 +225,10 @@ fn stack_thread_setup(tc: &ThreadCache) {
 
 /// 0: not set up; 1: being set up; 2: ready; 3: no thread-exit key.
 static HOOKS: AtomicUsize = AtomicUsize::new(0);
+/// The process in which the set-up under way (`HOOKS` 1) started: a forked
+/// child that finds another process's set-up under way redoes it, since
+/// the thread doing it does not exist in the child.
+static SETUP_PID: AtomicUsize = AtomicUsize::new(0);
 /// The pthread key whose destructor flushes a thread's cache.
 static KEY: AtomicUsize = AtomicUsize::new(0);
 
@@ -257,17 +273,30 @@ extern "C" fn at_load() {
 static AT_LOAD: extern "C" fn() = at_load;
 
 /// Creates the thread-exit key and the fork handlers, once per process.
+///
+/// The load-time constructor runs it before any thread exists, so the
+/// paths below for a racing thread matter only when the library was loaded
+/// by hand into a running program.
 fn process_hooks() -> usize {
     loop {
         match HOOKS.compare_exchange(0, 1, Ordering::Acquire, Ordering::Acquire) {
             Ok(_) => break,
             Err(1) => {
+                let pid = SETUP_PID.load(Ordering::Acquire);
+                if pid != 0 && pid != os::pid() {
+                    // Forked while another thread of the parent was setting
+                    // up: that thread is not here to finish. Start again
+                    // (the fork handlers tolerate being registered twice).
+                    let _ = HOOKS.compare_exchange(1, 0, Ordering::AcqRel, Ordering::Relaxed);
+                    continue;
+                }
                 // SAFETY: sched_yield has no preconditions.
                 unsafe { libc::sched_yield() };
             }
             Err(done) => return done,
         }
     }
+    SETUP_PID.store(os::pid(), Ordering::Release);
     let mut key: libc::pthread_key_t = 0;
     // SAFETY: `thread_exit` matches the destructor signature.
     let ok = unsafe { libc::pthread_key_create(&mut key, Some(thread_exit)) } == 0;
@@ -291,10 +320,14 @@ unsafe extern "C" fn thread_exit(arg: *mut libc::c_void) {
         core.detach();
     }
     core.mode = Mode::Exited;
-    // SAFETY: the thread is exiting; nothing else reaches its stack cache.
-    crate::stack::POOLS.flush(unsafe { &mut *tc.stacks.get() });
+    for slot in &EXIT_HOOKS {
+        let f = slot.load(Ordering::Acquire);
+        if f != 0 {
+            // SAFETY: only `fn()` addresses are stored in the slots.
+            unsafe { core::mem::transmute::<usize, fn()>(f)() };
+        }
+    }
     tc.stats.stacks_cached.set(0);
-    crate::stack::thread_teardown(tc.altstack.replace(0));
     if tc.flags.get() & REGISTERED != 0 {
         HEAP.unregister(&tc.stats);
     }
@@ -320,21 +353,94 @@ fn fork_locks(lock: bool) {
             unsafe { l.unlock() }
         }
     };
-    crate::stack::for_each_lock(raw);
+    for slot in &FORK_HOOKS {
+        let f = slot.load(Ordering::Acquire);
+        if f != 0 {
+            // SAFETY: only `fn(bool)` addresses are stored in the slots.
+            unsafe { core::mem::transmute::<usize, fn(bool)>(f)(lock) };
+        }
+    }
     raw(FALLBACK.raw());
-    HEAP.for_each_lock(raw);
+    Heap::fork_lock_all(lock, |h| h.for_each_lock(raw));
     spin(index::lock_for_fork());
     spin(crate::mcache::slot_lock_for_fork());
 }
 
+thread_local! {
+    /// Prepare handlers this thread ran without their parent or child
+    /// handler yet. The handlers may be registered twice (see
+    /// `process_hooks`); only the outermost pair takes and releases the
+    /// locks. Per thread: a `fork` on another thread still waits for them.
+    static FORK_DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
 extern "C" fn fork_prepare() {
-    fork_locks(true);
+    let depth = FORK_DEPTH.with(|d| d.replace(d.get() + 1));
+    if depth == 0 {
+        fork_locks(true);
+    }
 }
 
 extern "C" fn fork_parent() {
-    fork_locks(false);
+    fork_done();
 }
 
 extern "C" fn fork_child() {
-    fork_locks(false);
+    fork_done();
+}
+
+fn fork_done() {
+    let depth = FORK_DEPTH.with(|d| d.replace(d.get().saturating_sub(1)));
+    if depth == 1 {
+        fork_locks(false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_forked_during_another_process_set_up_does_it_again_instead_of_waiting() {
+        // SAFETY: the child only runs this thread's code and exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // As a child inherits it when its parent forked while another
+            // thread was inside the set-up: under way, in another process.
+            HOOKS.store(1, Ordering::Release);
+            SETUP_PID.store(1, Ordering::Release);
+            let state = process_hooks();
+            // The fork handlers are now registered twice; a fork must still
+            // leave a heap that works.
+            let grandchild = unsafe { libc::fork() };
+            if grandchild == 0 {
+                let l = core::alloc::Layout::from_size_align(100, 8).unwrap();
+                // SAFETY: a plain allocation and its free.
+                let ok = unsafe {
+                    let p = core::alloc::GlobalAlloc::alloc(&crate::SpanAlloc, l);
+                    core::alloc::GlobalAlloc::dealloc(&crate::SpanAlloc, p, l);
+                    !p.is_null()
+                };
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+            }
+            let mut status = 0;
+            unsafe { libc::waitpid(grandchild, &mut status, 0) };
+            let ok = state == 2 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut status = 0;
+        loop {
+            if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                panic!("the child spins on a set-up its parent's thread was doing");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status:#x}");
+    }
 }

@@ -175,3 +175,88 @@ fn fork_from_a_multithreaded_program_leaves_a_working_heap_in_the_child() {
         b.join().unwrap();
     }
 }
+
+/// Waits up to `secs` for child `pid`; kills it and returns `None` if it is
+/// still running then.
+fn wait_with_timeout(pid: libc::pid_t, secs: u64) -> Option<libc::c_int> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let mut status = 0;
+        let got = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if got == pid {
+            return Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            return None;
+        }
+        thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn fork_while_other_threads_hold_an_explicit_heaps_locks_leaves_it_working_in_the_child() {
+    // A heap of the program's own, busy on two threads that take its
+    // mcentral and mheap locks all the time (refills, flushes, large
+    // objects, release).
+    let heap: &'static spanalloc::Heap = Box::leak(Box::new(spanalloc::Heap::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy: Vec<_> = (0..2)
+        .map(|t| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut cache = heap.cache();
+                let mut i = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let size = [48, 1000, 5000, 40_000, 300_000][(i + t) % 5];
+                    let l = std::alloc::Layout::from_size_align(size, 8).unwrap();
+                    let ptrs: Vec<*mut u8> = (0..20).map(|_| cache.alloc(l)).collect();
+                    for p in ptrs {
+                        unsafe { cache.dealloc(p, l) };
+                    }
+                    cache.flush();
+                    if i % 7 == 0 {
+                        heap.release();
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    let mut hung = 0;
+    for _ in 0..300 {
+        if hung > 0 {
+            break;
+        }
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            // The child uses the same heap: every lock it needs must be free.
+            let mut cache = heap.cache();
+            let ok = (0..5).all(|k| {
+                let l = std::alloc::Layout::from_size_align([48, 1000, 5000, 40_000, 300_000][k], 8).unwrap();
+                let p = cache.alloc(l);
+                let fine = !p.is_null();
+                unsafe { cache.dealloc(p, l) };
+                fine
+            });
+            drop(cache);
+            heap.release();
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        match wait_with_timeout(pid, 10) {
+            Some(status) => {
+                assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status:#x}")
+            }
+            None => hung += 1,
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for b in busy {
+        b.join().unwrap();
+    }
+    assert_eq!(hung, 0, "a child hung on a lock of the explicit heap");
+}

@@ -154,7 +154,7 @@ impl Stack {
     pub fn new(size: usize) -> Result<Stack, StackError> {
         match pool::class_for(size) {
             Some(class) => {
-                let slot = crate::global::with_stack_cache(|cache| POOLS.take(cache, class))?;
+                let slot = with_stack_cache(|cache| POOLS.take(cache, class))?;
                 Ok(Stack::pooled(slot, class))
             }
             None => Stack::big(size),
@@ -216,7 +216,7 @@ impl Drop for Stack {
         }
         let slot = Slot { addr: self.limit, slab: self.slab };
         let class = self.class_or_entry;
-        crate::global::with_stack_cache(|cache| POOLS.give(cache, class, slot));
+        with_stack_cache(|cache| POOLS.give(cache, class, slot));
     }
 }
 
@@ -307,7 +307,7 @@ pub(crate) fn for_each_lock(mut f: impl FnMut(&crate::sync::RawLock)) {
 /// overflow there ends the process with a bare `SIGSEGV`.
 #[inline]
 pub fn prepare_thread() {
-    crate::global::with_stack_cache(|_| ());
+    with_stack_cache(|_| ());
 }
 
 #[cfg(all(feature = "corosensei", not(loom)))]
@@ -330,16 +330,81 @@ unsafe impl corosensei::stack::Stack for Stack {
 }
 
 #[cfg(not(loom))]
-/// The calling thread's stack-cache set-up: the overflow handler (once per
-/// process) and its alternate stack, if the thread has none. Returns the
-/// mapping to free at thread exit.
-pub(crate) fn thread_setup() -> usize {
-    overflow::install();
-    overflow::ensure_altstack()
+/// A thread's stack state: its cache of stacks, the alternate signal stack
+/// spanalloc gave it, and whether it is set up.
+struct StackThread {
+    cache: core::cell::UnsafeCell<StackCache>,
+    altstack: core::cell::Cell<usize>,
+    ready: core::cell::Cell<bool>,
 }
 
 #[cfg(not(loom))]
-/// Undoes [`thread_setup`] at thread exit.
-pub(crate) fn thread_teardown(altstack: usize) {
-    overflow::free_altstack(altstack);
+thread_local! {
+    static STACKS: StackThread = const {
+        StackThread {
+            cache: core::cell::UnsafeCell::new(StackCache::new()),
+            altstack: core::cell::Cell::new(0),
+            ready: core::cell::Cell::new(false),
+        }
+    };
+}
+
+#[cfg(not(loom))]
+/// Runs `f` on the calling thread's stack cache, setting the thread up on
+/// first use and publishing the number of stacks it holds.
+#[inline(always)]
+fn with_stack_cache<R>(f: impl FnOnce(&mut StackCache) -> R) -> R {
+    let st = STACKS.with(|st| st as *const StackThread);
+    // SAFETY: the state lives as long as its thread and only this thread
+    // reaches it; the stack pools never re-enter the stack cache.
+    let st = unsafe { &*st };
+    if !st.ready.get() {
+        thread_setup(st);
+    }
+    // SAFETY: as above, this is the only reference to the stack cache.
+    let cache = unsafe { &mut *st.cache.get() };
+    let r = f(cache);
+    crate::thread::stats_of_current().stacks_cached.set(cache.len() as u64);
+    r
+}
+
+#[cfg(not(loom))]
+/// A thread's first stack operation: its overflow handler (once per
+/// process) and alternate signal stack, and the thread-exit hook that gives
+/// its stacks back.
+#[cold]
+#[inline(never)]
+fn thread_setup(st: &StackThread) {
+    overflow::install();
+    st.altstack.set(overflow::ensure_altstack());
+    crate::thread::set_hooks(crate::thread::Hooks { exit: thread_exit, fork_locks: fork_locks_hook });
+    crate::thread::register_current();
+    st.ready.set(true);
+}
+
+#[cfg(not(loom))]
+/// At thread exit (from the thread's exit hook): the thread's stacks go
+/// back to the pools and its alternate signal stack is freed.
+fn thread_exit() {
+    let _ = STACKS.try_with(|st| {
+        if !st.ready.replace(false) {
+            return;
+        }
+        // SAFETY: the thread is exiting; nothing else reaches its cache.
+        POOLS.flush(unsafe { &mut *st.cache.get() });
+        overflow::free_altstack(st.altstack.replace(0));
+    });
+}
+
+#[cfg(not(loom))]
+/// The stack module's locks, taken (`lock`) or released around `fork`.
+fn fork_locks_hook(lock: bool) {
+    for_each_lock(|l| {
+        if lock {
+            l.lock()
+        } else {
+            // SAFETY: the prepare handler took these locks on this thread.
+            unsafe { l.unlock() }
+        }
+    });
 }

@@ -240,7 +240,7 @@ const SIGNALS: [libc::c_int; 2] = [libc::SIGSEGV, libc::SIGBUS];
 
 /// The handler's installation, done once per process.
 #[cfg(not(loom))]
-static INSTALLED: spin::Once = spin::Once::new();
+static INSTALLED: crate::sync::Once = crate::sync::Once::new();
 /// Held while the handler is installed. `fork`'s prepare handler takes it
 /// too (it is one of the locks [`for_each_lock`] yields), so a fork waits
 /// for an install under way, and no child starts with `INSTALLED` half
