@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Instructions per alloc+free pair, counted by callgrind, for spanalloc and
 # its peers through the same GlobalAlloc harness
-# (examples/lifo_instructions.rs). PATTERN=lifo (default) or batch (1,000
+# (benches/examples/lifo_instructions.rs, built in the benchmark crate). PATTERN=lifo (default) or batch (1,000
 # allocations, then 1,000 frees). Prints one row per allocator and size.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../benches"
 cargo build --release --example lifo_instructions >/dev/null 2>&1
 bin=target/release/examples/lifo_instructions
 sizes=${SIZES:-"16 64 256"}

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Resident memory of spanalloc and its peers (examples/memory.rs): every
-# allocator and workload in a process of its own. Prints one row per run:
+# Resident memory of spanalloc and its peers (benches/examples/memory.rs,
+# built in the benchmark crate): every allocator and workload in a process
+# of its own. Prints one row per run:
 # RSS before, peak RSS, RSS after the free and ~1 s of further activity, that
 # as a share of the peak, the peak against mimalloc's on the same workload,
 # and for spanalloc RSS after spanalloc::release(). Sizes in MiB.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../benches"
 cargo build --quiet --release --example memory
 bin=target/release/examples/memory
 allocators=${ALLOCATORS:-"spanalloc system mimalloc jemalloc snmalloc"}

@@ -1,10 +1,13 @@
-//! Resident memory (RSS) of spanalloc and its peers under two workloads, one
-//! allocator per process (RSS is per process).
+//! Resident memory (RSS) of spanalloc and its peers, one allocator per
+//! process (RSS is per process).
 //!
 //! ```text
+//! cd benches
 //! cargo build --release --example memory
 //! target/release/examples/memory spanalloc peak1g
 //! ```
+//!
+//! Two workloads, each measuring the peak and what goes back after the free:
 //!
 //! - `peak1g`: about 1 GiB of 64 B – 64 KiB objects, allocated on two
 //!   threads and every byte written; then everything freed, half of each
@@ -29,22 +32,13 @@
 //! the peers, which are measured as a user gets them by default).
 //! `scripts/memory.sh` runs every allocator and workload and tabulates them.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::io::Read;
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use support::Rng;
-
-#[path = "../tests/support/mod.rs"]
-mod support;
-
-static SPANALLOC: spanalloc::SpanAlloc = spanalloc::SpanAlloc;
-static SYSTEM: System = System;
-static MIMALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-static JEMALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-static SNMALLOC: snmalloc_rs::SnMalloc = snmalloc_rs::SnMalloc;
+use spanalloc_benches::{ALLOCATORS, Rng, WithAllocator, with_allocator};
 
 /// Bytes each of the two threads allocates in `peak1g`.
 const PEAK_PER_THREAD: usize = 512 << 20;
@@ -54,7 +48,6 @@ const CHURN_SLOTS: usize = 100_000;
 const CHURN_OPS: u64 = 5_000_000;
 /// How long the activity after the free lasts.
 const ACTIVITY: Duration = Duration::from_millis(1200);
-
 // ---------------------------------------------------------------------------
 // /proc/self/status
 
@@ -347,17 +340,28 @@ fn churn<A: GlobalAlloc + Sync + 'static>(a: &'static A) -> Report {
     r
 }
 
-// ---------------------------------------------------------------------------
+/// The workloads by name.
+struct Workload<'a>(&'a str);
 
-fn run<A: GlobalAlloc + Sync + 'static>(a: &'static A, name: &str, workload: &str) {
-    let mut r = match workload {
-        "peak1g" => peak1g(a),
-        "churn" => churn(a),
-        other => {
-            eprintln!("memory: unknown workload {other} (peak1g or churn)");
-            std::process::exit(2);
-        }
-    };
+impl WithAllocator for Workload<'_> {
+    type Output = ();
+
+    fn run<A: GlobalAlloc + Sync + 'static>(self, a: &'static A, name: &'static str) {
+        let workload = self.0;
+        let r = match workload {
+            "peak1g" => peak1g(a),
+            "churn" => churn(a),
+            other => {
+                eprintln!("memory: unknown workload {other} (peak1g or churn)");
+                std::process::exit(2);
+            }
+        };
+        print(r, name, workload);
+    }
+}
+
+/// Prints a run's line.
+fn print(mut r: Report, name: &str, workload: &str) {
     if name == "spanalloc" {
         spanalloc::release();
         r.after_release = Some(rss().now);
@@ -379,18 +383,11 @@ fn run<A: GlobalAlloc + Sync + 'static>(a: &'static A, name: &str, workload: &st
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let [_, allocator, workload] = args.as_slice() else {
-        eprintln!("usage: memory <spanalloc|system|mimalloc|jemalloc|snmalloc> <peak1g|churn>");
+        eprintln!("usage: memory <{}> <peak1g|churn>", ALLOCATORS.join("|"));
         std::process::exit(2);
     };
-    match allocator.as_str() {
-        "spanalloc" => run(&SPANALLOC, allocator, workload),
-        "system" => run(&SYSTEM, allocator, workload),
-        "mimalloc" => run(&MIMALLOC, allocator, workload),
-        "jemalloc" => run(&JEMALLOC, allocator, workload),
-        "snmalloc" => run(&SNMALLOC, allocator, workload),
-        other => {
-            eprintln!("memory: unknown allocator {other}");
-            std::process::exit(2);
-        }
+    if with_allocator(allocator, Workload(workload)).is_none() {
+        eprintln!("memory: unknown allocator {allocator}");
+        std::process::exit(2);
     }
 }

@@ -3,6 +3,7 @@
 //! or a pair of 1,000 allocations followed by 1,000 frees (`batch`).
 //!
 //! ```text
+//! cd benches
 //! cargo build --release --example lifo_instructions
 //! valgrind --tool=callgrind target/release/examples/lifo_instructions spanalloc 64 1000000
 //! ```
@@ -10,13 +11,10 @@
 //! `scripts/lifo-instructions.sh` runs every allocator at two iteration
 //! counts and prints the difference per pair, which cancels start-up.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::hint::black_box;
 
-static SPANALLOC: spanalloc::SpanAlloc = spanalloc::SpanAlloc;
-static MIMALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-static JEMALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-static SNMALLOC: snmalloc_rs::SnMalloc = snmalloc_rs::SnMalloc;
+use spanalloc_benches::{ALLOCATORS, WithAllocator, with_allocator};
 
 /// `n / 1000` rounds of 1,000 allocations then 1,000 frees in allocation
 /// order, of `size` bytes.
@@ -50,32 +48,50 @@ fn lifo<A: GlobalAlloc>(a: &A, size: usize, n: usize) {
     }
 }
 
+/// A pattern, its size and its count.
+struct Pattern<'a> {
+    name: &'a str,
+    size: &'a str,
+    n: usize,
+}
+
+impl Pattern<'_> {
+    fn size(&self) -> usize {
+        self.size.parse().unwrap_or_else(|_| {
+            eprintln!("lifo_instructions: the {} pattern needs a size in bytes, not {:?}", self.name, self.size);
+            std::process::exit(2);
+        })
+    }
+}
+
+impl WithAllocator for Pattern<'_> {
+    type Output = ();
+
+    fn run<A: GlobalAlloc + Sync + 'static>(self, a: &'static A, _: &'static str) {
+        match self.name {
+            "lifo" => lifo(a, self.size(), self.n),
+            "batch" => batch(a, self.size(), self.n),
+            other => {
+                eprintln!("lifo_instructions: unknown pattern {other} (lifo or batch)");
+                std::process::exit(2);
+            }
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let (which, size, n, pattern) = match args.as_slice() {
-        [_, w, s, n] => (w.as_str(), s.parse().expect("size"), n.parse().expect("count"), "lifo"),
-        [_, w, s, n, p] => (w.as_str(), s.parse().expect("size"), n.parse().expect("count"), p.as_str()),
+    let (which, size, n, name) = match args.as_slice() {
+        [_, w, s, n] => (w, s, n, "lifo"),
+        [_, w, s, n, p] => (w, s, n, p.as_str()),
         _ => {
-            eprintln!(
-                "usage: lifo_instructions <spanalloc|system|mimalloc|jemalloc|snmalloc> <size> <pairs> [lifo|batch]"
-            );
+            eprintln!("usage: lifo_instructions <{}> <size> <pairs> [lifo|batch]", ALLOCATORS.join("|"));
             std::process::exit(2);
         }
     };
-    match (which, pattern) {
-        ("spanalloc", "lifo") => lifo(&SPANALLOC, size, n),
-        ("system", "lifo") => lifo(&System, size, n),
-        ("mimalloc", "lifo") => lifo(&MIMALLOC, size, n),
-        ("jemalloc", "lifo") => lifo(&JEMALLOC, size, n),
-        ("snmalloc", "lifo") => lifo(&SNMALLOC, size, n),
-        ("spanalloc", "batch") => batch(&SPANALLOC, size, n),
-        ("system", "batch") => batch(&System, size, n),
-        ("mimalloc", "batch") => batch(&MIMALLOC, size, n),
-        ("jemalloc", "batch") => batch(&JEMALLOC, size, n),
-        ("snmalloc", "batch") => batch(&SNMALLOC, size, n),
-        other => {
-            eprintln!("unknown allocator or pattern {other:?}");
-            std::process::exit(2);
-        }
+    let n = n.parse().expect("count");
+    if with_allocator(which, Pattern { name, size, n }).is_none() {
+        eprintln!("lifo_instructions: unknown allocator {which}");
+        std::process::exit(2);
     }
 }

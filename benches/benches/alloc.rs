@@ -2,6 +2,7 @@
 //! mimalloc, jemalloc and snmalloc.
 //!
 //! ```text
+//! cd benches
 //! cargo bench --bench alloc                      # the whole suite, a few minutes
 //! cargo bench --bench alloc -- lifo_pair/64      # one group
 //! ```
@@ -12,7 +13,8 @@
 //! the std channels used to pass objects between threads go to glibc for
 //! every allocator alike. Each criterion group lists the five allocators
 //! side by side (ids `spanalloc`, `system`, `mimalloc`, `jemalloc`,
-//! `snmalloc`).
+//! `snmalloc`). Workloads that other targets run too (larson) live in the
+//! crate's library (`src/`).
 //!
 //! The groups:
 //!
@@ -36,27 +38,18 @@
 //! Multi-threaded groups time only the threaded work (`iter_custom`): their
 //! threads are created before the clock starts and released by a barrier.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::GlobalAlloc;
 use std::hint::black_box;
-use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Sender, SyncSender};
-use std::sync::{Arc, Barrier};
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, SyncSender};
 
 use criterion::measurement::WallTime;
-use criterion::{Bencher, BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
-use support::Rng;
-
-#[path = "../tests/support/mod.rs"]
-mod support;
-
-static SPANALLOC: spanalloc::SpanAlloc = spanalloc::SpanAlloc;
-static SYSTEM: System = System;
-static MIMALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-static JEMALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-static SNMALLOC: snmalloc_rs::SnMalloc = snmalloc_rs::SnMalloc;
+use criterion::{Bencher, BenchmarkGroup, Criterion, criterion_group, criterion_main};
+use spanalloc_benches::{
+    Crew, JEMALLOC, Job, MIMALLOC, Rng, SNMALLOC, SPANALLOC, SYSTEM, alloc, alloc_sized, dealloc, free_sized, group,
+    larson, layout, null_from,
+};
 
 type Group<'a> = BenchmarkGroup<'a, WallTime>;
 
@@ -75,157 +68,6 @@ macro_rules! side_by_side {
         g.bench_function("jemalloc", $workload(&JEMALLOC $(, $arg)*));
         g.bench_function("snmalloc", $workload(&SNMALLOC $(, $arg)*));
     }};
-}
-
-/// A group with the suite's timing: 1 s warm-up, `secs` of measurement,
-/// `samples` samples.
-fn group<'a>(c: &'a mut Criterion, name: &str, samples: usize, secs: u64, throughput: Option<Throughput>) -> Group<'a> {
-    let mut g = c.benchmark_group(name);
-    g.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(secs)).sample_size(samples);
-    if let Some(t) = throughput {
-        g.throughput(t);
-    }
-    g
-}
-
-// ---------------------------------------------------------------------------
-// Helpers.
-
-/// Aborts the benchmark: allocator `A` returned null.
-#[cold]
-#[inline(never)]
-fn null_from<A>(what: &str, size: usize, align: usize) -> ! {
-    eprintln!(
-        "alloc benchmark: {} returned null from {what} ({size} bytes, align {align}); aborting",
-        std::any::type_name::<A>()
-    );
-    std::process::abort()
-}
-
-/// `a.alloc(layout)`, aborting on null.
-#[inline(always)]
-fn alloc<A: GlobalAlloc>(a: &A, layout: Layout) -> *mut u8 {
-    // SAFETY: every layout in this suite has a non-zero size.
-    let p = unsafe { a.alloc(layout) };
-    if p.is_null() {
-        null_from::<A>("alloc", layout.size(), layout.align());
-    }
-    p
-}
-
-/// `a.dealloc(p, layout)`.
-///
-/// # Safety
-///
-/// `p` came from `a` with `layout` and is not used again.
-#[inline(always)]
-unsafe fn dealloc<A: GlobalAlloc>(a: &A, p: *mut u8, layout: Layout) {
-    // SAFETY: the caller's contract.
-    unsafe { a.dealloc(p, layout) }
-}
-
-/// A layout of `size` bytes at alignment 8.
-#[inline(always)]
-fn layout(size: usize) -> Layout {
-    Layout::from_size_align(size, 8).expect("layout size")
-}
-
-/// Allocates `size >= 16` bytes, stores the size in the first word and
-/// writes the last byte, so the object is touched and can be freed by
-/// whoever holds only its address.
-#[inline(always)]
-fn alloc_sized<A: GlobalAlloc>(a: &A, size: usize) -> usize {
-    let p = alloc(a, layout(size));
-    // SAFETY: the block has `size >= 16` bytes at alignment 8.
-    unsafe {
-        p.cast::<usize>().write(size);
-        p.add(size - 1).write(1);
-    }
-    p as usize
-}
-
-/// Frees an object from [`alloc_sized`], writing a byte of it first.
-///
-/// # Safety
-///
-/// `addr` came from `alloc_sized(a, _)` and is not used again.
-#[inline(always)]
-unsafe fn free_sized<A: GlobalAlloc>(a: &A, addr: usize) {
-    let p = addr as *mut u8;
-    // SAFETY: the object is live and holds its size in its first word.
-    unsafe {
-        let size = p.cast::<usize>().read();
-        p.add(size / 2).write(2);
-        dealloc(a, p, layout(size));
-    }
-}
-
-/// What one worker of a [`Crew`] does per sample, given the iteration count.
-type Job = Box<dyn FnMut(u64) + Send>;
-
-/// Worker threads that live for all the samples of one benchmark, so thread
-/// creation stays out of the timed region. [`Crew::run`] releases every
-/// worker at once through a barrier and times until the last is done.
-struct Crew {
-    start: Arc<Barrier>,
-    done: Arc<Barrier>,
-    iters: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    workers: Vec<JoinHandle<()>>,
-}
-
-impl Crew {
-    fn new(jobs: Vec<Job>) -> Crew {
-        let start = Arc::new(Barrier::new(jobs.len() + 1));
-        let done = Arc::new(Barrier::new(jobs.len() + 1));
-        let iters = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let workers = jobs
-            .into_iter()
-            .map(|mut job| {
-                let (start, done) = (start.clone(), done.clone());
-                let (iters, stop) = (iters.clone(), stop.clone());
-                thread::spawn(move || {
-                    loop {
-                        start.wait();
-                        // The barrier orders these loads after the main
-                        // thread's stores.
-                        if stop.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        let iters = iters.load(Ordering::Relaxed);
-                        // A panicking job would leave the timer waiting at
-                        // the barrier forever.
-                        if panic::catch_unwind(AssertUnwindSafe(|| job(iters))).is_err() {
-                            eprintln!("alloc benchmark: a worker thread panicked");
-                            std::process::abort();
-                        }
-                        done.wait();
-                    }
-                })
-            })
-            .collect();
-        Crew { start, done, iters, stop, workers }
-    }
-
-    /// Runs every job with `iters` and returns the wall time of the slowest.
-    fn run(&self, iters: u64) -> Duration {
-        self.iters.store(iters, Ordering::Relaxed);
-        let t = Instant::now();
-        self.start.wait();
-        self.done.wait();
-        t.elapsed()
-    }
-}
-
-impl Drop for Crew {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.start.wait();
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -422,86 +264,10 @@ fn realloc_growth<A: GlobalAlloc + Sync + 'static>(a: &'static A) -> impl FnMut(
 // ---------------------------------------------------------------------------
 // 5. larson.
 
-/// Objects per thread.
-const LARSON_SLOTS: usize = 5000;
-/// Replacements before a thread hands its slots to a new thread.
-const LARSON_ROUND: u64 = 10_000;
-
-/// Replaces `left` random objects of `slots` by new ones of random size,
-/// `LARSON_ROUND` at a time on a thread each, then sends the slots back.
-fn larson_lineage<A: GlobalAlloc + Sync + 'static>(
-    a: &'static A,
-    mut slots: Vec<usize>,
-    mut rng: Rng,
-    left: u64,
-    done: Sender<Vec<usize>>,
-) {
-    let n = left.min(LARSON_ROUND);
-    for _ in 0..n {
-        let slot = &mut slots[rng.below(LARSON_SLOTS as u64) as usize];
-        // SAFETY: every slot holds a live object from `alloc_sized(a, _)`.
-        unsafe { free_sized(a, *slot) };
-        *slot = alloc_sized(a, 16 + rng.below(1009) as usize);
-    }
-    if left > n {
-        larson_spawn(move || larson_lineage(a, slots, rng, left - n, done));
-    } else if done.send(slots).is_err() {
-        eprintln!("alloc benchmark: larson's timer is gone");
-        std::process::abort();
-    }
-}
-
-/// Starts a detached larson thread (a small stack, but room for the C
-/// allocators built without optimisation in test runs).
-fn larson_spawn(f: impl FnOnce() + Send + 'static) {
-    if thread::Builder::new().stack_size(512 << 10).spawn(f).is_err() {
-        eprintln!("alloc benchmark: cannot spawn a larson thread");
-        std::process::abort();
-    }
-}
-
-/// `threads` lineages of threads churn 16–1,024 B objects in slot arrays
-/// that move to a new thread every [`LARSON_ROUND`] replacements, so most
-/// objects die on another thread than the one that made them. The slots are
-/// filled before the clock starts; an iteration is one replacement per
-/// lineage.
+/// See [`larson::run`]: the slots are filled before the clock starts; an
+/// iteration is one replacement per lineage.
 fn larson<A: GlobalAlloc + Sync + 'static>(a: &'static A, threads: usize) -> impl FnMut(&mut Bencher<'_>) {
-    move |b| {
-        b.iter_custom(|iters| {
-            let (done, finished) = mpsc::channel();
-            let start = Arc::new(Barrier::new(threads + 1));
-            let mut seeder = Rng::new(threads as u64);
-            for t in 0..threads {
-                let slots: Vec<usize> =
-                    (0..LARSON_SLOTS).map(|_| alloc_sized(a, 16 + seeder.below(1009) as usize)).collect();
-                let (start, done) = (start.clone(), done.clone());
-                larson_spawn(move || {
-                    start.wait();
-                    larson_lineage(a, slots, Rng::new(100 + t as u64), iters, done);
-                });
-            }
-            // Only the lineages hold senders now: if every one of them dies,
-            // `recv` fails instead of waiting forever.
-            drop(done);
-            let t = Instant::now();
-            start.wait();
-            let back: Vec<Vec<usize>> = (0..threads)
-                .map(|_| match finished.recv() {
-                    Ok(slots) => slots,
-                    Err(_) => {
-                        eprintln!("alloc benchmark: a larson thread died");
-                        std::process::abort();
-                    }
-                })
-                .collect();
-            let elapsed = t.elapsed();
-            for p in back.into_iter().flatten() {
-                // SAFETY: each slot's object is live and freed once.
-                unsafe { free_sized(a, p) };
-            }
-            elapsed
-        })
-    }
+    move |b| b.iter_custom(|iters| larson::run(a, threads, iters))
 }
 
 // ---------------------------------------------------------------------------
@@ -576,7 +342,7 @@ fn large<A: GlobalAlloc + Sync + 'static>(a: &'static A, size: usize) -> impl Fn
 // ---------------------------------------------------------------------------
 
 fn benches(c: &mut Criterion) {
-    let per = |n: u64| Some(Throughput::Elements(n));
+    let per = Some;
 
     for size in [16, 64, 256, 1024, 4096, 32768] {
         let mut g = group(c, &format!("lifo_pair/{size}"), 50, 2, per(1));
