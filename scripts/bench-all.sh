@@ -2,7 +2,8 @@
 # Everything behind the README's benchmark section, in one go (about 30
 # minutes on a 2-core machine). The benchmarks are the crate in benches/ (a
 # workspace of its own, target directory benches/target): the allocation
-# benchmarks RUNS times (each run's criterion results copied to
+# benchmarks (benches/benches/alloc.rs and the five rust_mix binaries) RUNS
+# times (each run's criterion results copied to
 # benches/target/bench-runs/N), the stack benchmarks once, then the ratio
 # table over all runs, the instruction counts, the LIFO pairs timed process
 # against process, and the memory figures.
@@ -15,7 +16,7 @@ rm -rf "$out"
 mkdir -p "$out"
 for n in $(seq 1 "$runs"); do
   rm -rf target/criterion
-  cargo bench --bench alloc >"$out/alloc-$n.log" 2>&1
+  cargo bench --bench alloc --bench 'rust_mix_*' >"$out/alloc-$n.log" 2>&1
   cp -r target/criterion "$out/$n"
 done
 # The stack groups join the first run's results (and only they: the last

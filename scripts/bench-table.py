@@ -2,7 +2,8 @@
 """Prints the benchmark table of the README from criterion's results.
 
 Run the benchmarks in the benchmark crate first (`cd benches; cargo bench
---bench alloc` and, for the stack rows, `--bench stacks`); this reads the median of every
+--bench alloc`, the rust_mix binaries `--bench rust_mix_spanalloc ...`
+and, for the stack rows, `--bench stacks`); this reads the median of every
 benchmark in benches/target/criterion/ and prints, per benchmark,
 spanalloc's time and its ratio to the fastest peer and to mimalloc (below
 1.0 means spanalloc is faster). A group that lacks one of the five
@@ -20,7 +21,8 @@ import sys
 
 DEFAULT = os.path.join(os.path.dirname(__file__), "..", "benches", "target", "criterion")
 PEERS = ["system", "mimalloc", "jemalloc", "snmalloc"]
-ORDER = ["lifo_pair", "batch_1000", "producer_consumer", "realloc_growth", "larson", "xmalloc", "cache_scratch", "large"]
+ORDER = ["lifo_pair", "lifo_cycle", "batch_1000", "producer_consumer", "realloc_growth", "churn_simple",
+         "churn_thread", "larson", "mstress", "rptest", "rust_mix", "xmalloc", "cache_scratch", "large"]
 STACK_GROUPS = ["stack_get_drop_16KiB", "stack_get_drop_256KiB", "coroutine_create_run_drop"]
 
 

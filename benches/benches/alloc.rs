@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cd benches
-//! cargo bench --bench alloc                      # the whole suite, a few minutes
+//! cargo bench --bench alloc                      # the whole suite, about ten minutes
 //! cargo bench --bench alloc -- lifo_pair/64      # one group
 //! ```
 //!
@@ -13,21 +13,21 @@
 //! the std channels used to pass objects between threads go to glibc for
 //! every allocator alike. Each criterion group lists the five allocators
 //! side by side (ids `spanalloc`, `system`, `mimalloc`, `jemalloc`,
-//! `snmalloc`). Workloads that other targets run too (larson) live in the
-//! crate's library (`src/`).
+//! `snmalloc`). The workloads that the memory harness and the instruction
+//! counts run too live in the crate's library (`src/`).
 //!
-//! The groups:
+//! The groups that isolate one path of the allocator:
 //!
 //! - `lifo_pair/<size>`: an alloc immediately followed by its free, per pair.
+//! - `lifo_cycle`: LIFO pairs whose size cycles through 16, 32, 64, 128 and
+//!   256 B (one size per pair, the next pair the next size), per pair: a
+//!   last-freed slot per size class no longer serves every pair.
 //! - `batch_1000/<size>`: 1,000 allocations, then 1,000 frees in allocation
 //!   order, per pair.
 //! - `producer_consumer`: one thread allocates 64 B objects, another frees
 //!   them (every free is remote), per object.
 //! - `realloc_growth`: a `u64` vector grown by doubling `realloc` from empty
 //!   to 1 MiB, per push.
-//! - `larson/<threads>`: server-like churn of 16–1,024 B objects in per-thread
-//!   slot arrays that move to a new thread every round, per object replaced
-//!   (all threads together).
 //! - `xmalloc`: two threads only allocate, two only free, per object.
 //! - `cache_scratch/<size>`: passive false sharing; two workers each free an
 //!   object the main thread allocated next to the other's, then allocate,
@@ -35,8 +35,82 @@
 //! - `large/<size>`: 64 KiB to 8 MiB, alloc, write one byte per 4 KiB page,
 //!   free, per object.
 //!
+//! The groups that represent programs: many sizes, random lifetimes, objects
+//! that are used.
+//!
+//! - `churn_simple/{touched,alone}`: the pattern of glibc's
+//!   `bench-malloc-thread` (and of `bench-malloc-simple`'s random-order
+//!   cousin) on one thread: 64 slots, each step frees the object in a random
+//!   slot and allocates one of a random size, uniform in 16–512 B, in its
+//!   place; per step. `touched` reads the freed object's first word before
+//!   the free and writes every byte of the new object (a volatile read and a
+//!   `black_box`ed `write_bytes`), as a program does; `alone` writes only
+//!   the new object's first word, so the time is the allocator's. The slots
+//!   and sizes come from a 16,384-step table made before the clock starts.
+//!   Where it differs from glibc: `bench-malloc-thread` keeps 1,024 slots,
+//!   draws sizes of 4 B – 32 KiB from an inverse-square distribution (8,000
+//!   precomputed sizes, 4,096 precomputed slots), starts from empty slots,
+//!   touches nothing and runs for 60 s; `bench-malloc-simple` allocates
+//!   25–1,600 objects of one size and frees them in order. 64 slots of
+//!   16–512 B keep the working set in the thread caches and the first
+//!   level of cache, where the allocator's own branches and metadata lines
+//!   decide the time.
+//! - `churn_thread/{2,4}`: the same `touched` pattern on 2 and 4 threads,
+//!   each with slots of its own (filled on its own thread), created before
+//!   the clock starts; an iteration is one step on every thread, all
+//!   threads together (as `bench-malloc-thread <n>`, which sums the
+//!   threads' iterations). 4 threads on 2 cores are oversubscribed.
+//! - `larson/<threads>`: server-like churn of 16–1,024 B objects in
+//!   per-thread slot arrays of 5,000 that move to a new thread every 10,000
+//!   replacements, per object replaced (all threads together). Where it
+//!   differs from larson (mimalloc-bench runs `larson 5 8 1000 5000 100 4141
+//!   <threads>`): sizes 16–1,024 B rather than 8–1,000 B, a fixed count of
+//!   replacements rather than a fixed time, and every replaced object
+//!   touched at its first word, last byte and middle.
+//! - `mstress`: mimalloc's `test/test-stress.c` (mimalloc-bench's
+//!   `mstress`), scaled down, per round. In a round 4 threads are created;
+//!   thread `t` allocates `1000 × (t + 1)` objects of 8–128 B and retains
+//!   half as many more of 8–512 B until the end of the round (sizes powers
+//!   of two; 1 % of objects 100× larger, and of those 10 % 1,000× and 1 %
+//!   10,000×, up to 5 MiB); each object is zeroed by the allocator
+//!   (`alloc_zeroed`, as the test's `calloc`), written in full and checked
+//!   word by word when freed. After each allocation a thread frees a random
+//!   one of its objects with chance 66 % and swaps one with a random slot
+//!   of a 1,000-slot transfer array shared by all threads with chance 25 %;
+//!   at the end of the round it frees what it holds and exits, and the main
+//!   thread frees half of the transfer array. Thread creation and exit are
+//!   in the time, as in the original. Where it differs: mimalloc-bench runs
+//!   `mstress <cores> 50 25` (scale 50, 25 rounds in one process); here the
+//!   scale is 10, the threads are 4 whatever the cores, a round is one
+//!   iteration and criterion picks how many; the thread's object array is
+//!   allocated once at its full length instead of grown by `realloc`, and
+//!   chances are `< n` in 100 (the original's `<= n`).
+//! - `rptest`: rpmalloc's benchmark (`rpmalloc-benchmark`, mimalloc-bench's
+//!   `rptest <threads> 0 1 2 500 1000 100 8 16000`), scaled down, per loop
+//!   on every thread (all threads together). 4 threads, each with 1,000
+//!   slots, run loops: free the objects at 24–79 slots (one stride), free
+//!   the batches other threads sent, allocate 30–99 objects at other slots
+//!   (another stride; an occupied slot's object is freed first); every
+//!   second loop also allocate a batch of a quarter as many objects and
+//!   send it to the next thread, which frees it in its next loop. Sizes are
+//!   8–16,000 B with rptest's linear drop-off (a uniform size times a
+//!   triangular weight peaked at 0; mean about 2.7 KB), a third of the
+//!   objects under 4 KiB 16-byte aligned; each object gets its size in its
+//!   first word and a byte written in every 4 KiB page. Where it differs:
+//!   the threads run loops without end, with no free-everything between
+//!   rptest's two passes of 500 loops; the random tables are drawn from
+//!   this crate's generator, not rptest's fixed tables; a batch is one
+//!   block (header and pointers) instead of two.
+//! - `rust_mix/{hashmap_words,btree_churn,format_sort}`: std collections,
+//!   which allocate through the *global* allocator, so they run in five
+//!   other bench binaries (`benches/rust_mix/`), one per allocator, each
+//!   with it as `#[global_allocator]`, in the same groups with the
+//!   allocator as the function id. Criterion's own allocations go through
+//!   the allocator under test there too. See `benches/rust_mix/workload.rs`.
+//!
 //! Multi-threaded groups time only the threaded work (`iter_custom`): their
-//! threads are created before the clock starts and released by a barrier.
+//! threads are created before the clock starts and released by a barrier
+//! (except mstress, whose rounds create their threads).
 
 use std::alloc::GlobalAlloc;
 use std::hint::black_box;
@@ -45,10 +119,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender};
 
 use criterion::measurement::WallTime;
-use criterion::{Bencher, BenchmarkGroup, Criterion, criterion_group, criterion_main};
+use criterion::{Bencher, BenchmarkGroup, Criterion, SamplingMode, criterion_group, criterion_main};
+use spanalloc_benches::mstress::Mstress;
+use spanalloc_benches::rptest::Rptest;
 use spanalloc_benches::{
-    Crew, JEMALLOC, Job, MIMALLOC, Rng, SNMALLOC, SPANALLOC, SYSTEM, alloc, alloc_sized, dealloc, free_sized, group,
-    larson, layout, null_from,
+    Crew, JEMALLOC, Job, MIMALLOC, Rng, SNMALLOC, SPANALLOC, SYSTEM, alloc, alloc_sized, churn, dealloc, free_sized,
+    group, larson, layout, null_from, rptest,
 };
 
 type Group<'a> = BenchmarkGroup<'a, WallTime>;
@@ -340,6 +416,63 @@ fn large<A: GlobalAlloc + Sync + 'static>(a: &'static A, size: usize) -> impl Fn
 }
 
 // ---------------------------------------------------------------------------
+// 9. LIFO pairs of changing sizes.
+
+/// The sizes `lifo_cycle` goes through, one per pair.
+const CYCLE_SIZES: [usize; 5] = [16, 32, 64, 128, 256];
+
+/// An alloc immediately followed by its free, each pair of the next size in
+/// [`CYCLE_SIZES`].
+fn lifo_cycle<A: GlobalAlloc + Sync + 'static>(a: &'static A) -> impl FnMut(&mut Bencher<'_>) {
+    let layouts = CYCLE_SIZES.map(layout);
+    let mut k = 0;
+    move |b| {
+        b.iter(|| {
+            let l = black_box(layouts[k]);
+            k = if k + 1 == layouts.len() { 0 } else { k + 1 };
+            let p = black_box(alloc(a, l));
+            // SAFETY: freed with the layout it was allocated with.
+            unsafe { dealloc(a, p, l) };
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 10. Random frees of random sizes (glibc's bench-malloc-simple/thread).
+
+/// One thread's 64 slots ([`churn::Churn`]), a step per iteration; `touch`
+/// picks `touched` or `alone`.
+fn churn_simple<A: GlobalAlloc + Sync + 'static>(a: &'static A, touch: bool) -> impl FnMut(&mut Bencher<'_>) {
+    let mut slots = churn::Churn::new(a, 1);
+    move |b| {
+        if touch { b.iter(|| slots.step::<true>()) } else { b.iter(|| slots.step::<false>()) }
+    }
+}
+
+/// `threads` threads with 64 slots each ([`churn::crew`]), one touched step
+/// on every thread per iteration.
+fn churn_thread<A: GlobalAlloc + Sync + 'static>(a: &'static A, threads: usize) -> impl FnMut(&mut Bencher<'_>) {
+    let crew = churn::crew(a, threads);
+    move |b| b.iter_custom(|iters| crew.run(iters))
+}
+
+// ---------------------------------------------------------------------------
+// 11. mstress and rptest.
+
+/// A round of [`Mstress`] per iteration; the transfer array lives across
+/// the rounds of all samples.
+fn mstress<A: GlobalAlloc + Sync + 'static>(a: &'static A) -> impl FnMut(&mut Bencher<'_>) {
+    let mut m = Mstress::new(a);
+    move |b| b.iter(|| m.round())
+}
+
+/// One loop on every [`Rptest`] thread per iteration.
+fn rptest<A: GlobalAlloc + Sync + 'static>(a: &'static A) -> impl FnMut(&mut Bencher<'_>) {
+    let r = Rptest::new(a, rptest::THREADS);
+    move |b| b.iter_custom(|iters| r.run(iters))
+}
+
+// ---------------------------------------------------------------------------
 
 fn benches(c: &mut Criterion) {
     let per = Some;
@@ -349,6 +482,10 @@ fn benches(c: &mut Criterion) {
         side_by_side!(&mut g, lifo_pair(size));
         g.finish();
     }
+
+    let mut g = group(c, "lifo_cycle", 50, 2, per(1));
+    side_by_side!(&mut g, lifo_cycle());
+    g.finish();
 
     for size in [64, 1024] {
         let mut g = group(c, &format!("batch_1000/{size}"), 50, 2, per(BATCH_OBJECTS as u64));
@@ -364,11 +501,33 @@ fn benches(c: &mut Criterion) {
     side_by_side!(&mut g, realloc_growth());
     g.finish();
 
+    for (name, touch) in [("touched", true), ("alone", false)] {
+        let mut g = group(c, &format!("churn_simple/{name}"), 50, 2, per(1));
+        side_by_side!(&mut g, churn_simple(touch));
+        g.finish();
+    }
+
+    for threads in [2, 4] {
+        let mut g = group(c, &format!("churn_thread/{threads}"), 20, 3, per(threads as u64));
+        side_by_side!(&mut g, churn_thread(threads));
+        g.finish();
+    }
+
     for threads in [2, 4] {
         let mut g = group(c, &format!("larson/{threads}"), 20, 3, per(threads as u64));
         side_by_side!(&mut g, larson(threads));
         g.finish();
     }
+
+    // A round takes milliseconds: equal samples of about 100 ms each.
+    let mut g = group(c, "mstress", 20, 2, None);
+    g.sampling_mode(SamplingMode::Flat);
+    side_by_side!(&mut g, mstress());
+    g.finish();
+
+    let mut g = group(c, "rptest", 20, 3, per(rptest::THREADS as u64));
+    side_by_side!(&mut g, rptest());
+    g.finish();
 
     let mut g = group(c, "xmalloc", 20, 3, per(XMALLOC_THREADS as u64));
     side_by_side!(&mut g, xmalloc());

@@ -1,7 +1,9 @@
 //! Calls into an allocator that abort on null, objects that carry their
-//! size, and worker threads that live for all the samples of a benchmark.
+//! size, arrays that live in the allocator under test, and worker threads
+//! that live for all the samples of a benchmark.
 
 use std::alloc::{GlobalAlloc, Layout};
+use std::ops::{Deref, DerefMut};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
@@ -26,6 +28,17 @@ pub fn alloc<A: GlobalAlloc>(a: &A, layout: Layout) -> *mut u8 {
     let p = unsafe { a.alloc(layout) };
     if p.is_null() {
         null_from::<A>("alloc", layout.size(), layout.align());
+    }
+    p
+}
+
+/// `a.alloc_zeroed(layout)`, aborting on null.
+#[inline(always)]
+pub fn alloc_zeroed<A: GlobalAlloc>(a: &A, layout: Layout) -> *mut u8 {
+    // SAFETY: every layout in these benchmarks has a non-zero size.
+    let p = unsafe { a.alloc_zeroed(layout) };
+    if p.is_null() {
+        null_from::<A>("alloc_zeroed", layout.size(), layout.align());
     }
     p
 }
@@ -74,6 +87,50 @@ pub unsafe fn free_sized<A: GlobalAlloc>(a: &A, addr: usize) {
         let size = p.cast::<usize>().read();
         p.add(size / 2).write(2);
         dealloc(a, p, layout(size));
+    }
+}
+
+/// A zeroed array of words in the allocator under test, freed on drop: the
+/// slot arrays of the workloads, so that their memory is the allocator's
+/// too, as it is in the C programs they follow.
+pub struct Words<A: GlobalAlloc + 'static> {
+    a: &'static A,
+    ptr: *mut usize,
+    len: usize,
+}
+
+// SAFETY: `Words` owns its block; the allocator is `Sync`, so the block may
+// be used and freed on any thread.
+unsafe impl<A: GlobalAlloc + Sync + 'static> Send for Words<A> {}
+
+impl<A: GlobalAlloc + 'static> Words<A> {
+    /// `len >= 1` zeroed words from `a`.
+    pub fn zeroed(a: &'static A, len: usize) -> Words<A> {
+        let layout = Layout::array::<usize>(len.max(1)).expect("words layout");
+        Words { a, ptr: alloc_zeroed(a, layout).cast(), len }
+    }
+}
+
+impl<A: GlobalAlloc + 'static> Deref for Words<A> {
+    type Target = [usize];
+    fn deref(&self) -> &[usize] {
+        // SAFETY: `ptr` holds `len` initialised words, owned by `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl<A: GlobalAlloc + 'static> DerefMut for Words<A> {
+    fn deref_mut(&mut self) -> &mut [usize] {
+        // SAFETY: as in `deref`, and `&mut self` makes the access unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl<A: GlobalAlloc + 'static> Drop for Words<A> {
+    fn drop(&mut self) {
+        let layout = Layout::array::<usize>(self.len.max(1)).expect("words layout");
+        // SAFETY: allocated in `zeroed` with this layout.
+        unsafe { dealloc(self.a, self.ptr.cast(), layout) };
     }
 }
 
