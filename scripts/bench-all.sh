@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Everything behind the README's benchmark section, in one go (about 30
-# minutes on a 2-core machine). The benchmarks are the crate in benches/ (a
-# workspace of its own, target directory benches/target): the allocation
-# benchmarks (benches/benches/alloc.rs and the five rust_mix binaries) RUNS
-# times (each run's criterion results copied to
-# benches/target/bench-runs/N), the stack benchmarks once, then the ratio
-# table over all runs, the instruction counts, the LIFO pairs timed process
-# against process, and the memory figures.
+# Everything behind the README's benchmark section, in one go (about 45
+# minutes on a 2-core machine with RUNS=3). The benchmarks are the crate in benches/
+# (a workspace of its own, target directory benches/target). In order: the
+# allocation benchmarks (benches/benches/alloc.rs and the five rust_mix
+# binaries) RUNS times, each run's criterion results copied to
+# benches/target/bench-runs/N; the stack benchmarks once; the ratio table
+# over all runs; the instruction counts (callgrind: LIFO, batch and
+# churn_simple; cachegrind: churn_simple's misses and mispredicts); the LIFO
+# pairs timed process against process; the memory figures.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root/benches"
@@ -33,6 +34,10 @@ echo
 cd "$root"
 scripts/lifo-instructions.sh
 PATTERN=batch SIZES="64 1024" scripts/lifo-instructions.sh
+PATTERN=simple-touched scripts/lifo-instructions.sh
+PATTERN=simple-alone scripts/lifo-instructions.sh
+echo
+scripts/churn-cachegrind.sh
 echo
 scripts/lifo-ab.py
 echo

@@ -1,20 +1,30 @@
-//! Counts the instructions of an alloc+free pair under callgrind, for
-//! spanalloc and its peers through the same `GlobalAlloc` calls: a LIFO pair,
-//! or a pair of 1,000 allocations followed by 1,000 frees (`batch`).
+//! Runs one allocation pattern `n` times, for spanalloc and its peers
+//! through the same `GlobalAlloc` calls, to be counted under callgrind or
+//! cachegrind (or timed as a whole process):
+//!
+//! - `lifo`: an alloc+free pair of `size` bytes;
+//! - `batch`: 1,000 allocations of `size` bytes followed by 1,000 frees, `n`
+//!   counting pairs;
+//! - `simple-touched`, `simple-alone`: a step of `churn_simple` (64 slots,
+//!   a random slot's object freed and one of 16–512 B allocated in its
+//!   place; see `benches/alloc.rs`), `size` ignored.
 //!
 //! ```text
 //! cd benches
 //! cargo build --release --example lifo_instructions
 //! valgrind --tool=callgrind target/release/examples/lifo_instructions spanalloc 64 1000000
+//! valgrind --tool=callgrind target/release/examples/lifo_instructions spanalloc - 1000000 simple-touched
 //! ```
 //!
-//! `scripts/lifo-instructions.sh` runs every allocator at two iteration
-//! counts and prints the difference per pair, which cancels start-up.
+//! `scripts/lifo-instructions.sh` (callgrind: instructions) and
+//! `scripts/churn-cachegrind.sh` (cachegrind: instructions, cache misses,
+//! mispredicted branches) run every allocator at two counts and print the
+//! difference per operation, which cancels start-up and set-up.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::hint::black_box;
 
-use spanalloc_benches::{ALLOCATORS, WithAllocator, with_allocator};
+use spanalloc_benches::{ALLOCATORS, WithAllocator, churn, with_allocator};
 
 /// `n / 1000` rounds of 1,000 allocations then 1,000 frees in allocation
 /// order, of `size` bytes.
@@ -71,8 +81,10 @@ impl WithAllocator for Pattern<'_> {
         match self.name {
             "lifo" => lifo(a, self.size(), self.n),
             "batch" => batch(a, self.size(), self.n),
+            "simple-touched" => churn::Churn::new(a, 1).steps::<true>(self.n as u64),
+            "simple-alone" => churn::Churn::new(a, 1).steps::<false>(self.n as u64),
             other => {
-                eprintln!("lifo_instructions: unknown pattern {other} (lifo or batch)");
+                eprintln!("lifo_instructions: unknown pattern {other} (lifo, batch, simple-touched, simple-alone)");
                 std::process::exit(2);
             }
         }
@@ -85,7 +97,10 @@ fn main() {
         [_, w, s, n] => (w, s, n, "lifo"),
         [_, w, s, n, p] => (w, s, n, p.as_str()),
         _ => {
-            eprintln!("usage: lifo_instructions <{}> <size> <pairs> [lifo|batch]", ALLOCATORS.join("|"));
+            eprintln!(
+                "usage: lifo_instructions <{}> <size> <count> [lifo|batch|simple-touched|simple-alone]",
+                ALLOCATORS.join("|")
+            );
             std::process::exit(2);
         }
     };

@@ -1,8 +1,8 @@
 //! What spanalloc's benchmarks share: the five allocators as `GlobalAlloc`
 //! statics, calls into them that abort on null, worker threads that outlive
 //! criterion's samples, and the program-like workloads that the criterion
-//! suite (`benches/alloc.rs`) and the memory harness (`examples/memory.rs`)
-//! both run:
+//! suite (`benches/alloc.rs`), the memory harness (`examples/memory.rs`)
+//! and the instruction counts (`examples/lifo_instructions.rs`) all run:
 //!
 //! - [`churn`]: glibc's bench-malloc-simple/thread pattern, random frees and
 //!   random sizes in a small slot array per thread;
