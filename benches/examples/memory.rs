@@ -53,7 +53,7 @@ use std::time::{Duration, Instant};
 
 use spanalloc_benches::mstress::Mstress;
 use spanalloc_benches::rptest::Rptest;
-use spanalloc_benches::{ALLOCATORS, Rng, WithAllocator, churn, larson, with_allocator};
+use spanalloc_benches::{ALLOCATORS, Rng, WithAllocator, alloc, churn, larson, layout, with_allocator};
 
 /// Bytes each of the two threads allocates in `peak1g`.
 const PEAK_PER_THREAD: usize = 512 << 20;
@@ -109,27 +109,11 @@ fn rss() -> Rss {
 // ---------------------------------------------------------------------------
 // Objects
 
-/// Aborts: the allocator under test returned null.
-#[cold]
-#[inline(never)]
-fn null_from<A>(size: usize) -> ! {
-    eprintln!("memory: {} returned null for {size} bytes; aborting", std::any::type_name::<A>());
-    std::process::abort()
-}
-
-fn layout(size: usize) -> Layout {
-    Layout::from_size_align(size, 8).expect("layout size")
-}
-
 /// Allocates `size >= 16` bytes, writes all of them (so every page is
 /// resident) and keeps the size in the second word; the first word is the
 /// link of a [`List`].
 fn new_obj<A: GlobalAlloc>(a: &A, size: usize, fill: u8) -> *mut usize {
-    // SAFETY: `size >= 16`.
-    let p = unsafe { a.alloc(layout(size)) };
-    if p.is_null() {
-        null_from::<A>(size);
-    }
+    let p = alloc(a, layout(size));
     // SAFETY: the block has `size >= 16` bytes at alignment 8.
     unsafe {
         p.write_bytes(fill, size);
@@ -315,11 +299,7 @@ fn churn_thread<A: GlobalAlloc>(a: &A, seed: u64, end: &Barrier, at_end: impl Fn
         ((1u64 << e) + rng.below(1 << e)) as usize
     };
     let slots_layout = Layout::array::<*mut usize>(CHURN_SLOTS).expect("slots layout");
-    // SAFETY: a non-zero size.
-    let slots = unsafe { a.alloc(slots_layout) }.cast::<*mut usize>();
-    if slots.is_null() {
-        null_from::<A>(slots_layout.size());
-    }
+    let slots = alloc(a, slots_layout).cast::<*mut usize>();
     for i in 0..CHURN_SLOTS {
         // SAFETY: `i < CHURN_SLOTS`, the array's length.
         unsafe { slots.add(i).write(new_obj(a, size(), seed as u8)) };
