@@ -25,6 +25,8 @@ pub mod larson;
 pub mod mstress;
 pub mod rptest;
 
+// The tests' support module; its `Rng::next` is not an iterator's.
+#[allow(clippy::should_implement_trait)]
 #[path = "../../tests/support/mod.rs"]
 mod support;
 

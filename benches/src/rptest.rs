@@ -37,14 +37,14 @@ const OPS_TABLE: usize = 311;
 const ALLOC_STRIDE: usize = 7;
 const FREE_STRIDE: usize = 11;
 
-const _: () = assert!(SLOTS % ALLOC_STRIDE != 0 && SLOTS % FREE_STRIDE != 0);
+const _: () = assert!(!SLOTS.is_multiple_of(ALLOC_STRIDE) && !SLOTS.is_multiple_of(FREE_STRIDE));
 
 /// The layout of an object of `size` bytes: objects under 4 KiB whose size
 /// is a multiple of 3 ask for 16-byte alignment, the others for 8 (rptest
 /// asks for none, 8 and 16 in turn).
 #[inline(always)]
 fn object_layout(size: usize) -> Layout {
-    let align = if size < 4096 && size % 3 == 0 { 16 } else { 8 };
+    let align = if size < 4096 && size.is_multiple_of(3) { 16 } else { 8 };
     Layout::from_size_align(size, align).expect("object layout")
 }
 

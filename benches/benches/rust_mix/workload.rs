@@ -77,8 +77,11 @@ fn format_sort() -> usize {
     all.len()
 }
 
+/// A workload: runs once, returns a figure of what it built.
+type Workload = fn() -> usize;
+
 fn benches(c: &mut Criterion) {
-    let workloads: [(&str, fn() -> usize); 3] =
+    let workloads: [(&str, Workload); 3] =
         [("hashmap_words", hashmap_words), ("btree_churn", btree_churn), ("format_sort", format_sort)];
     for (name, workload) in workloads {
         // Tens of milliseconds per iteration: equal samples.
