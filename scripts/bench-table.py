@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Prints the benchmark table of the README from criterion's results.
 
-Run `cargo bench --bench alloc` (and, for the stack rows,
-`cargo bench --features corosensei --bench stacks`) first; this reads the
-median of every benchmark in target/criterion/ and prints, per benchmark,
-spanalloc's time and its ratio to the best peer and to mimalloc (below 1.0
-means spanalloc is faster).
+Run the benchmarks in the benchmark crate first (`cd benches; cargo bench
+--bench alloc`, the rust_mix binaries `--bench rust_mix_spanalloc ...`
+and, for the stack rows, `--bench stacks`); this reads the median of every
+benchmark in benches/target/criterion/ and prints, per benchmark,
+spanalloc's time and its ratio to the fastest peer and to mimalloc (below
+1.0 means spanalloc is faster). A group that lacks one of the five
+allocators is reported on stderr.
 
 Given several criterion directories (copies of target/criterion from
 repeated runs), it prints each ratio as the median over the runs with the
@@ -17,9 +19,10 @@ import os
 import statistics
 import sys
 
-DEFAULT = os.path.join(os.path.dirname(__file__), "..", "target", "criterion")
+DEFAULT = os.path.join(os.path.dirname(__file__), "..", "benches", "target", "criterion")
 PEERS = ["system", "mimalloc", "jemalloc", "snmalloc"]
-ORDER = ["lifo_pair", "batch_1000", "producer_consumer", "realloc_growth", "larson", "xmalloc", "cache_scratch", "large"]
+ORDER = ["lifo_pair", "lifo_cycle", "batch_1000", "producer_consumer", "realloc_growth", "churn_simple",
+         "churn_thread", "larson", "mstress", "rptest", "rust_mix", "xmalloc", "cache_scratch", "large"]
 STACK_GROUPS = ["stack_get_drop_16KiB", "stack_get_drop_256KiB", "coroutine_create_run_drop"]
 
 
@@ -67,7 +70,7 @@ def main():
     roots = sys.argv[1:] or [DEFAULT]
     for root in roots:
         if not os.path.isdir(root):
-            sys.exit(f"no {root}: run `cargo bench --bench alloc` first")
+            sys.exit(f"no {root}: run `cargo bench --bench alloc` in benches/ first")
     print("| benchmark | spanalloc | best peer | spanalloc / best peer | spanalloc / mimalloc |")
     print("|---|---|---|---|---|")
     for group in groups(roots[0]):
@@ -75,6 +78,9 @@ def main():
         for root in roots:
             ours = median_ns(root, group, "spanalloc")
             peers = {p: median_ns(root, group, p) for p in PEERS}
+            missing = [p for p, v in peers.items() if v is None]
+            if missing and len(missing) < len(PEERS):
+                print(f"{root}: {group} has no {', '.join(missing)}", file=sys.stderr)
             peers = {p: v for p, v in peers.items() if v is not None}
             if ours is None or not peers:
                 continue

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """LIFO alloc+free pairs timed as whole processes, spanalloc and one peer in
 turn (A B A B ...), so that a drift in the machine's speed hits both sides
-alike. Each process runs PAIRS pairs (examples/lifo_instructions.rs) and
+alike. Each process runs PAIRS pairs (benches/examples/lifo_instructions.rs,
+built in the benchmark crate) and
 takes about half a second; start-up is under 0.5% of that.
 
 Prints, per size and peer, spanalloc's and the peer's median nanoseconds
@@ -19,8 +20,8 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-BIN = os.path.join(ROOT, "target", "release", "examples", "lifo_instructions")
+CRATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benches")
+BIN = os.path.join(CRATE, "target", "release", "examples", "lifo_instructions")
 
 
 def run(alloc, size, pairs):
@@ -36,7 +37,7 @@ def main():
     rounds = int(os.environ.get("ROUNDS", "7"))
     pairs = int(os.environ.get("PAIRS", "100000000"))
     subprocess.run(["cargo", "build", "--quiet", "--release", "--example", "lifo_instructions"],
-                   cwd=ROOT, check=True)
+                   cwd=CRATE, check=True)
     print(f"| size | peer | spanalloc ns/pair | peer ns/pair | spanalloc / peer (run by run) |")
     print("|---|---|---|---|---|")
     for size in sizes:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test spanalloc has: unit and whole-allocator tests (tests/), doc
 # tests, the loom models (loom-tests/) and the proof that each model catches
-# the fault it guards against (scripts/loom-mutants.sh).
+# the fault it guards against (scripts/loom-mutants.sh); and a build of the
+# benchmark crate (benches/), so that it cannot rot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== unit, integration and doc tests"
@@ -11,4 +12,6 @@ echo "== loom models"
 scripts/loom.sh
 echo "== loom models catch their mutants"
 scripts/loom-mutants.sh
+echo "== the benchmark crate builds (benches/: criterion and the comparison allocators)"
+(cd benches && cargo build --release --benches --examples)
 echo "== all tests passed"

@@ -3,8 +3,9 @@
 //! `mprotect`, and `munmap` on drop).
 //!
 //! ```text
-//! cargo bench --features corosensei --bench stacks
-//! cargo bench --features corosensei --bench stacks -- --quick    # a smoke run
+//! cd benches
+//! cargo bench --bench stacks
+//! cargo bench --bench stacks -- --quick    # a smoke run
 //! ```
 //!
 //! The groups:
@@ -41,9 +42,6 @@ use corosensei::stack::DefaultStack;
 use corosensei::{Coroutine, CoroutineResult, Yielder};
 use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
 use spanalloc::stack::Stack;
-
-#[path = "../tests/support/mod.rs"]
-mod support;
 
 /// The coroutine stack size of every group but `stack_get_drop/256KiB`.
 const SMALL: usize = 16 << 10;
@@ -142,7 +140,7 @@ fn suspend_many<S: corosensei::stack::Stack + 'static>(n: usize, mut stack: impl
 
 /// `VmRSS` of this process, in bytes.
 fn rss() -> u64 {
-    support::rss_kib() * 1024
+    spanalloc_benches::rss_kib() * 1024
 }
 
 /// Resident bytes per suspended coroutine: the growth of `VmRSS` while `n`

@@ -1,10 +1,13 @@
-//! Resident memory (RSS) of spanalloc and its peers under two workloads, one
-//! allocator per process (RSS is per process).
+//! Resident memory (RSS) of spanalloc and its peers, one allocator per
+//! process (RSS is per process).
 //!
 //! ```text
+//! cd benches
 //! cargo build --release --example memory
 //! target/release/examples/memory spanalloc peak1g
 //! ```
+//!
+//! Two workloads measure the peak and what goes back after the free:
 //!
 //! - `peak1g`: about 1 GiB of 64 B – 64 KiB objects, allocated on two
 //!   threads and every byte written; then everything freed, half of each
@@ -14,37 +17,43 @@
 //!   4 KiB and replace random ones, 5 million times each; then everything is
 //!   freed, followed by the same 1.2 s of activity.
 //!
+//! Five run a program-like workload of the criterion suite (the crate's
+//! library, `benches/alloc.rs` says what each does) for a fixed number of
+//! steps and report its peak (`VmHWM`):
+//!
+//! - `churn_simple`: 10 million touched steps on 64 slots, one thread;
+//! - `churn_thread4`: 2 million touched steps on each of 4 threads;
+//! - `larson`: 4 lineages of 1 million replacements each;
+//! - `mstress`: 25 rounds (mimalloc-bench's count);
+//! - `rptest`: 20,000 loops on each of 4 threads.
+//!
 //! The workloads call the chosen allocator through `GlobalAlloc` on its
 //! static instance; the binary's own global allocator stays the default
-//! (glibc) and serves only a few small std allocations (arguments, two
-//! threads, two channels). The objects of each workload are chained through
-//! their own first words, and the churn's slot arrays come from the
-//! allocator under test, so there is no side storage outside it.
+//! (glibc) and serves only small std allocations (arguments, threads,
+//! channels, and in the last five the random tables and larson's slot
+//! vectors: under 1 MiB, alike for every allocator). The objects of
+//! `peak1g` and `churn` are chained through their own first words, and
+//! their slot arrays come from the allocator under test, so there is no
+//! side storage outside it.
 //!
 //! One line per run, `key=value` fields, sizes in KiB from `/proc/self/status`:
 //! `rss_before_kib` (after a warm-up), `peak_kib` (`VmHWM`), `end_live_kib`
 //! (churn: at the end with the working set live), `after_free_kib` (at once
 //! after the last free), `after_activity_kib` (after the activity),
 //! `after_release_kib` (spanalloc: after `spanalloc::release()`; `na` for
-//! the peers, which are measured as a user gets them by default).
+//! the peers, which are measured as a user gets them by default). The five
+//! peak workloads print `rss_before_kib`, `peak_kib` and `ms` only.
 //! `scripts/memory.sh` runs every allocator and workload and tabulates them.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::io::Read;
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use support::Rng;
-
-#[path = "../tests/support/mod.rs"]
-mod support;
-
-static SPANALLOC: spanalloc::SpanAlloc = spanalloc::SpanAlloc;
-static SYSTEM: System = System;
-static MIMALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-static JEMALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-static SNMALLOC: snmalloc_rs::SnMalloc = snmalloc_rs::SnMalloc;
+use spanalloc_benches::mstress::Mstress;
+use spanalloc_benches::rptest::Rptest;
+use spanalloc_benches::{ALLOCATORS, Rng, WithAllocator, alloc, churn, larson, layout, with_allocator};
 
 /// Bytes each of the two threads allocates in `peak1g`.
 const PEAK_PER_THREAD: usize = 512 << 20;
@@ -54,6 +63,14 @@ const CHURN_SLOTS: usize = 100_000;
 const CHURN_OPS: u64 = 5_000_000;
 /// How long the activity after the free lasts.
 const ACTIVITY: Duration = Duration::from_millis(1200);
+/// The length of the peak workloads (see the module documentation).
+const CHURN_SIMPLE_STEPS: u64 = 10_000_000;
+const CHURN_THREADS: usize = 4;
+const CHURN_THREAD_STEPS: u64 = 2_000_000;
+const LARSON_THREADS: usize = 4;
+const LARSON_STEPS: u64 = 1_000_000;
+const MSTRESS_ROUNDS: usize = 25;
+const RPTEST_LOOPS: u64 = 20_000;
 
 // ---------------------------------------------------------------------------
 // /proc/self/status
@@ -92,27 +109,11 @@ fn rss() -> Rss {
 // ---------------------------------------------------------------------------
 // Objects
 
-/// Aborts: the allocator under test returned null.
-#[cold]
-#[inline(never)]
-fn null_from<A>(size: usize) -> ! {
-    eprintln!("memory: {} returned null for {size} bytes; aborting", std::any::type_name::<A>());
-    std::process::abort()
-}
-
-fn layout(size: usize) -> Layout {
-    Layout::from_size_align(size, 8).expect("layout size")
-}
-
 /// Allocates `size >= 16` bytes, writes all of them (so every page is
 /// resident) and keeps the size in the second word; the first word is the
 /// link of a [`List`].
 fn new_obj<A: GlobalAlloc>(a: &A, size: usize, fill: u8) -> *mut usize {
-    // SAFETY: `size >= 16`.
-    let p = unsafe { a.alloc(layout(size)) };
-    if p.is_null() {
-        null_from::<A>(size);
-    }
+    let p = alloc(a, layout(size));
     // SAFETY: the block has `size >= 16` bytes at alignment 8.
     unsafe {
         p.write_bytes(fill, size);
@@ -298,11 +299,7 @@ fn churn_thread<A: GlobalAlloc>(a: &A, seed: u64, end: &Barrier, at_end: impl Fn
         ((1u64 << e) + rng.below(1 << e)) as usize
     };
     let slots_layout = Layout::array::<*mut usize>(CHURN_SLOTS).expect("slots layout");
-    // SAFETY: a non-zero size.
-    let slots = unsafe { a.alloc(slots_layout) }.cast::<*mut usize>();
-    if slots.is_null() {
-        null_from::<A>(slots_layout.size());
-    }
+    let slots = alloc(a, slots_layout).cast::<*mut usize>();
     for i in 0..CHURN_SLOTS {
         // SAFETY: `i < CHURN_SLOTS`, the array's length.
         unsafe { slots.add(i).write(new_obj(a, size(), seed as u8)) };
@@ -347,17 +344,58 @@ fn churn<A: GlobalAlloc + Sync + 'static>(a: &'static A) -> Report {
     r
 }
 
-// ---------------------------------------------------------------------------
+/// A peak workload: warms up, runs `work`, and reports the peak.
+fn peak<A: GlobalAlloc + Sync + 'static>(a: &'static A, work: impl FnOnce()) -> Report {
+    let before = warm_up(a);
+    let start = Instant::now();
+    work();
+    Report { before, peak: rss().peak, ms: start.elapsed().as_millis(), ..Report::default() }
+}
 
-fn run<A: GlobalAlloc + Sync + 'static>(a: &'static A, name: &str, workload: &str) {
-    let mut r = match workload {
-        "peak1g" => peak1g(a),
-        "churn" => churn(a),
-        other => {
-            eprintln!("memory: unknown workload {other} (peak1g or churn)");
-            std::process::exit(2);
-        }
-    };
+/// The workloads by name.
+struct Workload<'a>(&'a str);
+
+impl WithAllocator for Workload<'_> {
+    type Output = ();
+
+    fn run<A: GlobalAlloc + Sync + 'static>(self, a: &'static A, name: &'static str) {
+        let workload = self.0;
+        let r = match workload {
+            "peak1g" => peak1g(a),
+            "churn" => churn(a),
+            "churn_simple" => peak(a, || churn::Churn::new(a, 1).steps::<true>(CHURN_SIMPLE_STEPS)),
+            "churn_thread4" => peak(a, || {
+                churn::crew(a, CHURN_THREADS).run(CHURN_THREAD_STEPS);
+            }),
+            "larson" => peak(a, || {
+                larson::run(a, LARSON_THREADS, LARSON_STEPS);
+            }),
+            "mstress" => peak(a, || {
+                let mut m = Mstress::new(a);
+                for _ in 0..MSTRESS_ROUNDS {
+                    m.round();
+                }
+            }),
+            "rptest" => peak(a, || {
+                Rptest::new(a, spanalloc_benches::rptest::THREADS).run(RPTEST_LOOPS);
+            }),
+            other => {
+                eprintln!(
+                    "memory: unknown workload {other} (peak1g, churn, churn_simple, churn_thread4, larson, mstress, rptest)"
+                );
+                std::process::exit(2);
+            }
+        };
+        print(r, name, workload);
+    }
+}
+
+/// Prints a run's line.
+fn print(mut r: Report, name: &str, workload: &str) {
+    if !matches!(workload, "peak1g" | "churn") {
+        println!("allocator={name} workload={workload} rss_before_kib={} peak_kib={} ms={}", r.before, r.peak, r.ms);
+        return;
+    }
     if name == "spanalloc" {
         spanalloc::release();
         r.after_release = Some(rss().now);
@@ -379,18 +417,14 @@ fn run<A: GlobalAlloc + Sync + 'static>(a: &'static A, name: &str, workload: &st
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let [_, allocator, workload] = args.as_slice() else {
-        eprintln!("usage: memory <spanalloc|system|mimalloc|jemalloc|snmalloc> <peak1g|churn>");
+        eprintln!(
+            "usage: memory <{}> <peak1g|churn|churn_simple|churn_thread4|larson|mstress|rptest>",
+            ALLOCATORS.join("|")
+        );
         std::process::exit(2);
     };
-    match allocator.as_str() {
-        "spanalloc" => run(&SPANALLOC, allocator, workload),
-        "system" => run(&SYSTEM, allocator, workload),
-        "mimalloc" => run(&MIMALLOC, allocator, workload),
-        "jemalloc" => run(&JEMALLOC, allocator, workload),
-        "snmalloc" => run(&SNMALLOC, allocator, workload),
-        other => {
-            eprintln!("memory: unknown allocator {other}");
-            std::process::exit(2);
-        }
+    if with_allocator(allocator, Workload(workload)).is_none() {
+        eprintln!("memory: unknown allocator {allocator}");
+        std::process::exit(2);
     }
 }

@@ -2,7 +2,8 @@
 //! mimalloc, jemalloc and snmalloc.
 //!
 //! ```text
-//! cargo bench --bench alloc                      # the whole suite, a few minutes
+//! cd benches
+//! cargo bench --bench alloc                      # the whole suite, about ten minutes
 //! cargo bench --bench alloc -- lifo_pair/64      # one group
 //! ```
 //!
@@ -12,20 +13,21 @@
 //! the std channels used to pass objects between threads go to glibc for
 //! every allocator alike. Each criterion group lists the five allocators
 //! side by side (ids `spanalloc`, `system`, `mimalloc`, `jemalloc`,
-//! `snmalloc`).
+//! `snmalloc`). The workloads that the memory harness and the instruction
+//! counts run too live in the crate's library (`src/`).
 //!
-//! The groups:
+//! The groups that isolate one path of the allocator:
 //!
 //! - `lifo_pair/<size>`: an alloc immediately followed by its free, per pair.
+//! - `lifo_cycle`: LIFO pairs whose size cycles through 16, 32, 64, 128 and
+//!   256 B (one size per pair, the next pair the next size), per pair: a
+//!   last-freed slot per size class no longer serves every pair.
 //! - `batch_1000/<size>`: 1,000 allocations, then 1,000 frees in allocation
 //!   order, per pair.
 //! - `producer_consumer`: one thread allocates 64 B objects, another frees
 //!   them (every free is remote), per object.
 //! - `realloc_growth`: a `u64` vector grown by doubling `realloc` from empty
 //!   to 1 MiB, per push.
-//! - `larson/<threads>`: server-like churn of 16–1,024 B objects in per-thread
-//!   slot arrays that move to a new thread every round, per object replaced
-//!   (all threads together).
 //! - `xmalloc`: two threads only allocate, two only free, per object.
 //! - `cache_scratch/<size>`: passive false sharing; two workers each free an
 //!   object the main thread allocated next to the other's, then allocate,
@@ -33,30 +35,97 @@
 //! - `large/<size>`: 64 KiB to 8 MiB, alloc, write one byte per 4 KiB page,
 //!   free, per object.
 //!
+//! The groups that represent programs: many sizes, random lifetimes, objects
+//! that are used.
+//!
+//! - `churn_simple/{touched,alone}`: the pattern of glibc's
+//!   `bench-malloc-thread` (and of `bench-malloc-simple`'s random-order
+//!   cousin) on one thread: 64 slots, each step frees the object in a random
+//!   slot and allocates one of a random size, uniform in 16–512 B, in its
+//!   place; per step. `touched` reads the freed object's first word before
+//!   the free and writes every byte of the new object (a volatile read and a
+//!   `black_box`ed `write_bytes`), as a program does; `alone` writes only
+//!   the new object's first word, so the time is the allocator's. The slots
+//!   and sizes come from a 16,384-step table made before the clock starts.
+//!   Where it differs from glibc: `bench-malloc-thread` keeps 1,024 slots,
+//!   draws sizes of 4 B – 32 KiB from an inverse-square distribution (8,000
+//!   precomputed sizes, 4,096 precomputed slots), starts from empty slots,
+//!   touches nothing and runs for 60 s; `bench-malloc-simple` allocates
+//!   25–1,600 objects of one size and frees them in order. 64 slots of
+//!   16–512 B keep the working set in the thread caches and the first
+//!   level of cache, where the allocator's own branches and metadata lines
+//!   decide the time.
+//! - `churn_thread/{2,4}`: the same `touched` pattern on 2 and 4 threads,
+//!   each with slots of its own (filled on its own thread), created before
+//!   the clock starts; an iteration is one step on every thread, all
+//!   threads together (as `bench-malloc-thread <n>`, which sums the
+//!   threads' iterations). 4 threads on 2 cores are oversubscribed.
+//! - `larson/<threads>`: server-like churn of 16–1,024 B objects in
+//!   per-thread slot arrays of 5,000 that move to a new thread every 10,000
+//!   replacements, per object replaced (all threads together). Where it
+//!   differs from larson (mimalloc-bench runs `larson 5 8 1000 5000 100 4141
+//!   <threads>`): sizes 16–1,024 B rather than 8–1,000 B, a fixed count of
+//!   replacements rather than a fixed time, and every replaced object
+//!   touched at its first word, last byte and middle.
+//! - `mstress`: mimalloc's `test/test-stress.c` (mimalloc-bench's
+//!   `mstress`), scaled down, per round. In a round 4 threads are created;
+//!   thread `t` allocates `1000 × (t + 1)` objects of 8–128 B and retains
+//!   half as many more of 8–512 B until the end of the round (sizes powers
+//!   of two; 1 % of objects 100× larger, and of those 10 % 1,000× and 1 %
+//!   10,000×, up to 5 MiB); each object is zeroed by the allocator
+//!   (`alloc_zeroed`, as the test's `calloc`), written in full and checked
+//!   word by word when freed. After each allocation a thread frees a random
+//!   one of its objects with chance 66 % and swaps one with a random slot
+//!   of a 1,000-slot transfer array shared by all threads with chance 25 %;
+//!   at the end of the round it frees what it holds and exits, and the main
+//!   thread frees half of the transfer array. Thread creation and exit are
+//!   in the time, as in the original. Where it differs: mimalloc-bench runs
+//!   `mstress <cores> 50 25` (scale 50, 25 rounds in one process); here the
+//!   scale is 10, the threads are 4 whatever the cores, a round is one
+//!   iteration and criterion picks how many; the thread's object array is
+//!   allocated once at its full length instead of grown by `realloc`, and
+//!   chances are `< n` in 100 (the original's `<= n`).
+//! - `rptest`: rpmalloc's benchmark (`rpmalloc-benchmark`, mimalloc-bench's
+//!   `rptest <threads> 0 1 2 500 1000 100 8 16000`), scaled down, per loop
+//!   on every thread (all threads together). 4 threads, each with 1,000
+//!   slots, run loops: free the objects at 24–79 slots (one stride), free
+//!   the batches other threads sent, allocate 30–99 objects at other slots
+//!   (another stride; an occupied slot's object is freed first); every
+//!   second loop also allocate a batch of a quarter as many objects and
+//!   send it to the next thread, which frees it in its next loop. Sizes are
+//!   8–16,000 B with rptest's linear drop-off (a uniform size times a
+//!   triangular weight peaked at 0; mean about 2.7 KB), a third of the
+//!   objects under 4 KiB 16-byte aligned; each object gets its size in its
+//!   first word and a byte written in every 4 KiB page. Where it differs:
+//!   the threads run loops without end, with no free-everything between
+//!   rptest's two passes of 500 loops; the random tables are drawn from
+//!   this crate's generator, not rptest's fixed tables; a batch is one
+//!   block (header and pointers) instead of two.
+//! - `rust_mix/{hashmap_words,btree_churn,format_sort}`: std collections,
+//!   which allocate through the *global* allocator, so they run in five
+//!   other bench binaries (`benches/rust_mix/`), one per allocator, each
+//!   with it as `#[global_allocator]`, in the same groups with the
+//!   allocator as the function id. Criterion's own allocations go through
+//!   the allocator under test there too. See `benches/rust_mix/workload.rs`.
+//!
 //! Multi-threaded groups time only the threaded work (`iter_custom`): their
-//! threads are created before the clock starts and released by a barrier.
+//! threads are created before the clock starts and released by a barrier
+//! (except mstress, whose rounds create their threads).
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::GlobalAlloc;
 use std::hint::black_box;
-use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Sender, SyncSender};
-use std::sync::{Arc, Barrier};
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, SyncSender};
 
 use criterion::measurement::WallTime;
-use criterion::{Bencher, BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
-use support::Rng;
-
-#[path = "../tests/support/mod.rs"]
-mod support;
-
-static SPANALLOC: spanalloc::SpanAlloc = spanalloc::SpanAlloc;
-static SYSTEM: System = System;
-static MIMALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-static JEMALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-static SNMALLOC: snmalloc_rs::SnMalloc = snmalloc_rs::SnMalloc;
+use criterion::{Bencher, BenchmarkGroup, Criterion, SamplingMode, criterion_group, criterion_main};
+use spanalloc_benches::mstress::Mstress;
+use spanalloc_benches::rptest::Rptest;
+use spanalloc_benches::{
+    Crew, JEMALLOC, Job, MIMALLOC, Rng, SNMALLOC, SPANALLOC, SYSTEM, alloc, alloc_sized, churn, dealloc, free_sized,
+    group, larson, layout, null_from, rptest,
+};
 
 type Group<'a> = BenchmarkGroup<'a, WallTime>;
 
@@ -75,157 +144,6 @@ macro_rules! side_by_side {
         g.bench_function("jemalloc", $workload(&JEMALLOC $(, $arg)*));
         g.bench_function("snmalloc", $workload(&SNMALLOC $(, $arg)*));
     }};
-}
-
-/// A group with the suite's timing: 1 s warm-up, `secs` of measurement,
-/// `samples` samples.
-fn group<'a>(c: &'a mut Criterion, name: &str, samples: usize, secs: u64, throughput: Option<Throughput>) -> Group<'a> {
-    let mut g = c.benchmark_group(name);
-    g.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(secs)).sample_size(samples);
-    if let Some(t) = throughput {
-        g.throughput(t);
-    }
-    g
-}
-
-// ---------------------------------------------------------------------------
-// Helpers.
-
-/// Aborts the benchmark: allocator `A` returned null.
-#[cold]
-#[inline(never)]
-fn null_from<A>(what: &str, size: usize, align: usize) -> ! {
-    eprintln!(
-        "alloc benchmark: {} returned null from {what} ({size} bytes, align {align}); aborting",
-        std::any::type_name::<A>()
-    );
-    std::process::abort()
-}
-
-/// `a.alloc(layout)`, aborting on null.
-#[inline(always)]
-fn alloc<A: GlobalAlloc>(a: &A, layout: Layout) -> *mut u8 {
-    // SAFETY: every layout in this suite has a non-zero size.
-    let p = unsafe { a.alloc(layout) };
-    if p.is_null() {
-        null_from::<A>("alloc", layout.size(), layout.align());
-    }
-    p
-}
-
-/// `a.dealloc(p, layout)`.
-///
-/// # Safety
-///
-/// `p` came from `a` with `layout` and is not used again.
-#[inline(always)]
-unsafe fn dealloc<A: GlobalAlloc>(a: &A, p: *mut u8, layout: Layout) {
-    // SAFETY: the caller's contract.
-    unsafe { a.dealloc(p, layout) }
-}
-
-/// A layout of `size` bytes at alignment 8.
-#[inline(always)]
-fn layout(size: usize) -> Layout {
-    Layout::from_size_align(size, 8).expect("layout size")
-}
-
-/// Allocates `size >= 16` bytes, stores the size in the first word and
-/// writes the last byte, so the object is touched and can be freed by
-/// whoever holds only its address.
-#[inline(always)]
-fn alloc_sized<A: GlobalAlloc>(a: &A, size: usize) -> usize {
-    let p = alloc(a, layout(size));
-    // SAFETY: the block has `size >= 16` bytes at alignment 8.
-    unsafe {
-        p.cast::<usize>().write(size);
-        p.add(size - 1).write(1);
-    }
-    p as usize
-}
-
-/// Frees an object from [`alloc_sized`], writing a byte of it first.
-///
-/// # Safety
-///
-/// `addr` came from `alloc_sized(a, _)` and is not used again.
-#[inline(always)]
-unsafe fn free_sized<A: GlobalAlloc>(a: &A, addr: usize) {
-    let p = addr as *mut u8;
-    // SAFETY: the object is live and holds its size in its first word.
-    unsafe {
-        let size = p.cast::<usize>().read();
-        p.add(size / 2).write(2);
-        dealloc(a, p, layout(size));
-    }
-}
-
-/// What one worker of a [`Crew`] does per sample, given the iteration count.
-type Job = Box<dyn FnMut(u64) + Send>;
-
-/// Worker threads that live for all the samples of one benchmark, so thread
-/// creation stays out of the timed region. [`Crew::run`] releases every
-/// worker at once through a barrier and times until the last is done.
-struct Crew {
-    start: Arc<Barrier>,
-    done: Arc<Barrier>,
-    iters: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    workers: Vec<JoinHandle<()>>,
-}
-
-impl Crew {
-    fn new(jobs: Vec<Job>) -> Crew {
-        let start = Arc::new(Barrier::new(jobs.len() + 1));
-        let done = Arc::new(Barrier::new(jobs.len() + 1));
-        let iters = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let workers = jobs
-            .into_iter()
-            .map(|mut job| {
-                let (start, done) = (start.clone(), done.clone());
-                let (iters, stop) = (iters.clone(), stop.clone());
-                thread::spawn(move || {
-                    loop {
-                        start.wait();
-                        // The barrier orders these loads after the main
-                        // thread's stores.
-                        if stop.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        let iters = iters.load(Ordering::Relaxed);
-                        // A panicking job would leave the timer waiting at
-                        // the barrier forever.
-                        if panic::catch_unwind(AssertUnwindSafe(|| job(iters))).is_err() {
-                            eprintln!("alloc benchmark: a worker thread panicked");
-                            std::process::abort();
-                        }
-                        done.wait();
-                    }
-                })
-            })
-            .collect();
-        Crew { start, done, iters, stop, workers }
-    }
-
-    /// Runs every job with `iters` and returns the wall time of the slowest.
-    fn run(&self, iters: u64) -> Duration {
-        self.iters.store(iters, Ordering::Relaxed);
-        let t = Instant::now();
-        self.start.wait();
-        self.done.wait();
-        t.elapsed()
-    }
-}
-
-impl Drop for Crew {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.start.wait();
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -422,86 +340,10 @@ fn realloc_growth<A: GlobalAlloc + Sync + 'static>(a: &'static A) -> impl FnMut(
 // ---------------------------------------------------------------------------
 // 5. larson.
 
-/// Objects per thread.
-const LARSON_SLOTS: usize = 5000;
-/// Replacements before a thread hands its slots to a new thread.
-const LARSON_ROUND: u64 = 10_000;
-
-/// Replaces `left` random objects of `slots` by new ones of random size,
-/// `LARSON_ROUND` at a time on a thread each, then sends the slots back.
-fn larson_lineage<A: GlobalAlloc + Sync + 'static>(
-    a: &'static A,
-    mut slots: Vec<usize>,
-    mut rng: Rng,
-    left: u64,
-    done: Sender<Vec<usize>>,
-) {
-    let n = left.min(LARSON_ROUND);
-    for _ in 0..n {
-        let slot = &mut slots[rng.below(LARSON_SLOTS as u64) as usize];
-        // SAFETY: every slot holds a live object from `alloc_sized(a, _)`.
-        unsafe { free_sized(a, *slot) };
-        *slot = alloc_sized(a, 16 + rng.below(1009) as usize);
-    }
-    if left > n {
-        larson_spawn(move || larson_lineage(a, slots, rng, left - n, done));
-    } else if done.send(slots).is_err() {
-        eprintln!("alloc benchmark: larson's timer is gone");
-        std::process::abort();
-    }
-}
-
-/// Starts a detached larson thread (a small stack, but room for the C
-/// allocators built without optimisation in test runs).
-fn larson_spawn(f: impl FnOnce() + Send + 'static) {
-    if thread::Builder::new().stack_size(512 << 10).spawn(f).is_err() {
-        eprintln!("alloc benchmark: cannot spawn a larson thread");
-        std::process::abort();
-    }
-}
-
-/// `threads` lineages of threads churn 16–1,024 B objects in slot arrays
-/// that move to a new thread every [`LARSON_ROUND`] replacements, so most
-/// objects die on another thread than the one that made them. The slots are
-/// filled before the clock starts; an iteration is one replacement per
-/// lineage.
+/// See [`larson::run`]: the slots are filled before the clock starts; an
+/// iteration is one replacement per lineage.
 fn larson<A: GlobalAlloc + Sync + 'static>(a: &'static A, threads: usize) -> impl FnMut(&mut Bencher<'_>) {
-    move |b| {
-        b.iter_custom(|iters| {
-            let (done, finished) = mpsc::channel();
-            let start = Arc::new(Barrier::new(threads + 1));
-            let mut seeder = Rng::new(threads as u64);
-            for t in 0..threads {
-                let slots: Vec<usize> =
-                    (0..LARSON_SLOTS).map(|_| alloc_sized(a, 16 + seeder.below(1009) as usize)).collect();
-                let (start, done) = (start.clone(), done.clone());
-                larson_spawn(move || {
-                    start.wait();
-                    larson_lineage(a, slots, Rng::new(100 + t as u64), iters, done);
-                });
-            }
-            // Only the lineages hold senders now: if every one of them dies,
-            // `recv` fails instead of waiting forever.
-            drop(done);
-            let t = Instant::now();
-            start.wait();
-            let back: Vec<Vec<usize>> = (0..threads)
-                .map(|_| match finished.recv() {
-                    Ok(slots) => slots,
-                    Err(_) => {
-                        eprintln!("alloc benchmark: a larson thread died");
-                        std::process::abort();
-                    }
-                })
-                .collect();
-            let elapsed = t.elapsed();
-            for p in back.into_iter().flatten() {
-                // SAFETY: each slot's object is live and freed once.
-                unsafe { free_sized(a, p) };
-            }
-            elapsed
-        })
-    }
+    move |b| b.iter_custom(|iters| larson::run(a, threads, iters))
 }
 
 // ---------------------------------------------------------------------------
@@ -574,15 +416,76 @@ fn large<A: GlobalAlloc + Sync + 'static>(a: &'static A, size: usize) -> impl Fn
 }
 
 // ---------------------------------------------------------------------------
+// 9. LIFO pairs of changing sizes.
+
+/// The sizes `lifo_cycle` goes through, one per pair.
+const CYCLE_SIZES: [usize; 5] = [16, 32, 64, 128, 256];
+
+/// An alloc immediately followed by its free, each pair of the next size in
+/// [`CYCLE_SIZES`].
+fn lifo_cycle<A: GlobalAlloc + Sync + 'static>(a: &'static A) -> impl FnMut(&mut Bencher<'_>) {
+    let layouts = CYCLE_SIZES.map(layout);
+    let mut k = 0;
+    move |b| {
+        b.iter(|| {
+            let l = black_box(layouts[k]);
+            k = if k + 1 == layouts.len() { 0 } else { k + 1 };
+            let p = black_box(alloc(a, l));
+            // SAFETY: freed with the layout it was allocated with.
+            unsafe { dealloc(a, p, l) };
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 10. Random frees of random sizes (glibc's bench-malloc-simple/thread).
+
+/// One thread's 64 slots ([`churn::Churn`]), a step per iteration; `touch`
+/// picks `touched` or `alone`.
+fn churn_simple<A: GlobalAlloc + Sync + 'static>(a: &'static A, touch: bool) -> impl FnMut(&mut Bencher<'_>) {
+    let mut slots = churn::Churn::new(a, 1);
+    move |b| {
+        if touch { b.iter(|| slots.step::<true>()) } else { b.iter(|| slots.step::<false>()) }
+    }
+}
+
+/// `threads` threads with 64 slots each ([`churn::crew`]), one touched step
+/// on every thread per iteration.
+fn churn_thread<A: GlobalAlloc + Sync + 'static>(a: &'static A, threads: usize) -> impl FnMut(&mut Bencher<'_>) {
+    let crew = churn::crew(a, threads);
+    move |b| b.iter_custom(|iters| crew.run(iters))
+}
+
+// ---------------------------------------------------------------------------
+// 11. mstress and rptest.
+
+/// A round of [`Mstress`] per iteration; the transfer array lives across
+/// the rounds of all samples.
+fn mstress<A: GlobalAlloc + Sync + 'static>(a: &'static A) -> impl FnMut(&mut Bencher<'_>) {
+    let mut m = Mstress::new(a);
+    move |b| b.iter(|| m.round())
+}
+
+/// One loop on every [`Rptest`] thread per iteration.
+fn rptest<A: GlobalAlloc + Sync + 'static>(a: &'static A) -> impl FnMut(&mut Bencher<'_>) {
+    let r = Rptest::new(a, rptest::THREADS);
+    move |b| b.iter_custom(|iters| r.run(iters))
+}
+
+// ---------------------------------------------------------------------------
 
 fn benches(c: &mut Criterion) {
-    let per = |n: u64| Some(Throughput::Elements(n));
+    let per = Some;
 
     for size in [16, 64, 256, 1024, 4096, 32768] {
         let mut g = group(c, &format!("lifo_pair/{size}"), 50, 2, per(1));
         side_by_side!(&mut g, lifo_pair(size));
         g.finish();
     }
+
+    let mut g = group(c, "lifo_cycle", 50, 2, per(1));
+    side_by_side!(&mut g, lifo_cycle());
+    g.finish();
 
     for size in [64, 1024] {
         let mut g = group(c, &format!("batch_1000/{size}"), 50, 2, per(BATCH_OBJECTS as u64));
@@ -598,11 +501,33 @@ fn benches(c: &mut Criterion) {
     side_by_side!(&mut g, realloc_growth());
     g.finish();
 
+    for (name, touch) in [("touched", true), ("alone", false)] {
+        let mut g = group(c, &format!("churn_simple/{name}"), 50, 2, per(1));
+        side_by_side!(&mut g, churn_simple(touch));
+        g.finish();
+    }
+
+    for threads in [2, 4] {
+        let mut g = group(c, &format!("churn_thread/{threads}"), 20, 3, per(threads as u64));
+        side_by_side!(&mut g, churn_thread(threads));
+        g.finish();
+    }
+
     for threads in [2, 4] {
         let mut g = group(c, &format!("larson/{threads}"), 20, 3, per(threads as u64));
         side_by_side!(&mut g, larson(threads));
         g.finish();
     }
+
+    // A round takes milliseconds: equal samples of about 100 ms each.
+    let mut g = group(c, "mstress", 20, 2, None);
+    g.sampling_mode(SamplingMode::Flat);
+    side_by_side!(&mut g, mstress());
+    g.finish();
+
+    let mut g = group(c, "rptest", 20, 3, per(rptest::THREADS as u64));
+    side_by_side!(&mut g, rptest());
+    g.finish();
 
     let mut g = group(c, "xmalloc", 20, 3, per(XMALLOC_THREADS as u64));
     side_by_side!(&mut g, xmalloc());
