@@ -229,6 +229,13 @@ impl ArenaMeta {
         unsafe { self.tags.get_unchecked((addr >> PAGE_SHIFT) & (ARENA_PAGES - 1)) }.load(Ordering::Relaxed)
     }
 
+    /// The span of the page holding `addr` (an address in this arena).
+    #[inline(always)]
+    pub(crate) fn span_at(&self, addr: usize) -> *mut Span {
+        // SAFETY: the page index is below ARENA_PAGES.
+        unsafe { self.spans.get_unchecked((addr >> PAGE_SHIFT) & (ARENA_PAGES - 1)) }.load(Ordering::Acquire)
+    }
+
     /// The `alloc` bitmap word holding the bit of the object at `addr`, and
     /// the bit.
     #[inline(always)]

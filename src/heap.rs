@@ -232,8 +232,19 @@ unsafe impl Send for Registry {}
 
 impl Heap {
     /// A new, empty heap. It reserves memory only when first used.
+    #[cfg(not(loom))]
     pub const fn new() -> Heap {
         Heap { shared: AtomicPtr::new(ptr::null_mut()) }
+    }
+
+    /// A new, empty heap. Under loom its state is made at once, by the
+    /// thread that makes the heap: the pointer to it is not an atomic the
+    /// model sees, so a state made by a racing first use would look
+    /// unsynchronised to it.
+    #[cfg(loom)]
+    pub fn new() -> Heap {
+        let fresh = alloc_shared();
+        Heap { shared: AtomicPtr::new(fresh) }
     }
 
     /// Gives memory back to the OS now: every empty span goes back to the

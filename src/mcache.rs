@@ -65,7 +65,7 @@
 use core::alloc::Layout;
 use core::ptr;
 
-use crate::arena::{self, cache_tag};
+use crate::arena::{self, ArenaMeta, cache_tag};
 use crate::heap::Heap;
 use crate::index;
 use crate::largecache::LargeCache;
@@ -122,14 +122,18 @@ const SLOT_BYTES: usize = (SLOTS * 8).next_multiple_of(4096);
 // The 16-bit bound compare needs every stack under 64 KiB.
 static_assertions::const_assert!(256 * 8 < 1 << 16);
 
-/// Used-up spans of `class` a cache keeps before handing them to the
-/// mcentral under one lock: 256 KiB of spans, 1 to 8 (under loom: 1).
-fn full_batch(class: usize) -> usize {
+/// Spans of `class` a cache holds besides its current one (used up, or
+/// with free objects, or wholly free) before it gives some back: 1 MiB of
+/// spans, 2 to 128 (under loom: none, so the models reach the mcentral).
+/// A program that allocates and frees a few hundred kilobytes at a time
+/// keeps its spans, with no lock; a thread that stops strands at most this
+/// much per class it used.
+fn hold_budget(class: usize) -> usize {
     if cfg!(loom) {
-        return 1;
+        return 0;
     }
     let span = CLASSES[class].pages as usize * PAGE_SIZE;
-    ((256 << 10) / span).clamp(1, 8)
+    ((1 << 20) / span).clamp(2, 128)
 }
 
 /// One class's stack of free objects: 16 bytes.
@@ -172,12 +176,19 @@ struct ClassSpans {
     /// to the mcentral.
     full: *mut Span,
     nfull: usize,
+    npartial: usize,
     /// The class refilled or flushed since the last trim.
     busy: bool,
 }
 
-const NO_SPANS: ClassSpans =
-    ClassSpans { current: ptr::null_mut(), partial: ptr::null_mut(), full: ptr::null_mut(), nfull: 0, busy: false };
+const NO_SPANS: ClassSpans = ClassSpans {
+    current: ptr::null_mut(),
+    partial: ptr::null_mut(),
+    full: ptr::null_mut(),
+    nfull: 0,
+    npartial: 0,
+    busy: false,
+};
 
 /// What a cache is, for the slow paths. A thread's cache starts all-zero:
 /// `ThreadFresh` is 0.
@@ -478,10 +489,6 @@ impl CacheCore {
         stats.owned_pages.set(self.owned_pages as u64);
         stats.large_kept.set(self.large.len() as u64);
         stats.large_kept_bytes.set(self.large.bytes() as u64);
-        if !self.slots.is_null() {
-            let bytes: usize = (1..NUM_CLASSES).map(|c| self.bin_len(c) * CLASSES[c].size as usize).sum();
-            stats.stacked_bytes.set(bytes as u64);
-        }
     }
 
     // -----------------------------------------------------------------------
@@ -547,6 +554,7 @@ impl CacheCore {
             // SAFETY: listed spans are live and ours.
             if let Some(span) = unsafe { sp.partial.as_ref() } {
                 span.unlink(&mut sp.partial);
+                sp.npartial -= 1;
                 sp.current = span as *const Span as *mut Span;
                 merge(span);
                 continue;
@@ -568,7 +576,7 @@ impl CacheCore {
         let sp = &mut self.spans[class];
         span.link_front(&mut sp.full, ListId::CacheFull);
         sp.nfull += 1;
-        if sp.nfull >= full_batch(class) {
+        if sp.nfull + sp.npartial > hold_budget(class) {
             self.give_back_full(heap, class);
         }
     }
@@ -614,12 +622,10 @@ impl CacheCore {
             return host.fallback_dealloc(addr, info.size as usize, info.align as usize);
         }
         let heap = host.heap();
-        let span = small_span_of(heap, addr, class);
+        let (meta, span) = small_span_of(heap, addr, class);
         if span.object_index(addr).is_none() {
             report::interior_free(addr, span.elem_size as usize);
         }
-        // SAFETY: small spans are in arenas.
-        let meta = unsafe { arena::meta_unchecked(addr) };
         let (alloc, bit) = meta.alloc_bit(addr);
         let tag = meta.tag_at(addr);
         let mine = self.bins[class].tag;
@@ -657,6 +663,7 @@ impl CacheCore {
         let sp = &mut self.spans[class];
         if span.nfree() > 0 {
             span.link_front(&mut sp.partial, ListId::CachePartial);
+            sp.npartial += 1;
         } else {
             span.link_front(&mut sp.full, ListId::CacheFull);
             sp.nfull += 1;
@@ -672,47 +679,75 @@ impl CacheCore {
     }
 
     /// Returns the `n` oldest objects of the stack of `class` to their spans.
+    /// Stacked objects come in runs of one span (they were freed, or carved,
+    /// together), so each span's lists are settled once per run.
     fn return_objects(&mut self, heap: &Heap, class: usize, n: usize) {
         self.spans[class].busy = true;
         let base = self.bin_base(class);
         let len = self.bin_len(class);
         let mut empty: *mut Span = ptr::null_mut();
+        let mut run: *const Span = ptr::null();
         for i in 0..n {
-            // SAFETY: i < len: a pushed object of a span this cache owns.
+            // SAFETY: i < len: a pushed object, in an arena span this cache
+            // owns (the free that pushed it checked that).
             let addr = unsafe { base.add(i).read() };
-            let Some((_, span)) = arena::span_of(addr) else {
-                report::invalid_free(addr);
-            };
-            // SAFETY: the span of a stacked object is live and ours.
+            let meta = unsafe { arena::meta_unchecked(addr) };
+            let span = meta.span_at(addr);
+            if !ptr::eq(span, run) {
+                self.settle(class, run, &mut empty);
+                run = span;
+            }
+            // SAFETY: as above, the span is live and ours.
             let span = unsafe { &*span };
-            let freed = span.object_index(addr).is_some_and(|idx| span.free_object(idx));
-            if !freed {
+            // The free that pushed it checked it is an object's start.
+            let idx = ((addr - span.base) as u64 * span.div_magic as u64 >> 32) as usize;
+            if !span.free_object(idx) {
                 report::double_free(addr, span.elem_size as usize);
             }
-            let sp = &mut self.spans[class];
-            match span.with_owned(|o, _| o.list) {
-                ListId::CacheFull => {
-                    span.unlink(&mut sp.full);
-                    sp.nfull -= 1;
-                    span.link_front(&mut sp.partial, ListId::CachePartial);
-                }
-                ListId::CachePartial if span.all_free() => {
-                    span.unlink(&mut sp.partial);
-                    span.link_front(&mut empty, ListId::None);
-                }
-                _ => {}
-            }
         }
+        self.settle(class, run, &mut empty);
         // SAFETY: n <= len; the rest of the stack moves down.
         unsafe {
             ptr::copy(base.add(n), base, len - n);
             self.bins[class].top = base.add(len - n);
         }
         if !empty.is_null() {
-            // The spans left holding no object of the stack (a span whose
-            // last objects came back to it in this flush), wholly free.
+            // The spans whose last objects came back to them in this flush,
+            // now wholly free.
             self.owned_pages -= count_pages(empty);
-            heap.shared().central[class].uncache_list(&heap.shared().mheap, empty, self.bins[class].tag);
+            let sh = heap.shared();
+            sh.central[class].uncache_list(&sh.mheap, empty, self.bins[class].tag);
+        }
+    }
+
+    /// After objects came back to `span` (null: none): a used-up span has
+    /// free objects again; a wholly free one other than the current span
+    /// goes on `empty`, to be given back, if the class holds more spans
+    /// than its budget.
+    fn settle(&mut self, class: usize, span: *const Span, empty: &mut *mut Span) {
+        // SAFETY: a span the cache owns.
+        let Some(span) = (unsafe { span.as_ref() }) else {
+            return;
+        };
+        let sp = &mut self.spans[class];
+        let over = sp.nfull + sp.npartial > hold_budget(class);
+        match span.with_owned(|o, _| o.list) {
+            ListId::CacheFull => {
+                span.unlink(&mut sp.full);
+                sp.nfull -= 1;
+                if over && span.all_free() {
+                    span.link_front(empty, ListId::None);
+                } else {
+                    span.link_front(&mut sp.partial, ListId::CachePartial);
+                    sp.npartial += 1;
+                }
+            }
+            ListId::CachePartial if over && span.all_free() => {
+                span.unlink(&mut sp.partial);
+                sp.npartial -= 1;
+                span.link_front(empty, ListId::None);
+            }
+            _ => {}
         }
     }
 
@@ -736,6 +771,7 @@ impl CacheCore {
             span.unlink(&mut sp.partial);
             span.link_front(&mut all, ListId::None);
         }
+        sp.npartial = 0;
         self.owned_pages -= count_pages(all);
         heap.shared().central[class].uncache_list(&heap.shared().mheap, all, self.bins[class].tag);
         self.spans[class].busy = false;
@@ -842,9 +878,29 @@ fn merge(span: &Span) -> u32 {
     span.collect(alloc, remote, false)
 }
 
-/// The span of a small object at `addr` of `class`, or a fatal report
-/// saying what is wrong with the pointer.
-fn small_span_of(heap: &Heap, addr: usize, class: usize) -> &'static Span {
+/// The span of a small object at `addr` of `class` (and its arena), or a
+/// fatal report saying what is wrong with the pointer.
+#[inline]
+fn small_span_of(heap: &Heap, addr: usize, class: usize) -> (&'static ArenaMeta, &'static Span) {
+    if arena::small_object_in_arena(addr) {
+        // SAFETY: in an arena.
+        let meta = unsafe { arena::meta_unchecked(addr) };
+        // SAFETY: a non-null page entry points at a live record.
+        if let Some(span) = unsafe { meta.span_at(addr).as_ref() }
+            && span.kind == SpanKind::Small
+            && span.class as usize == class
+            && meta.heap_id == heap.shared().mheap.id.load(Ordering::Relaxed)
+        {
+            return (meta, span);
+        }
+    }
+    bad_small_free(heap, addr, class)
+}
+
+/// Says what is wrong with a pointer freed as a small object of `class`.
+#[cold]
+#[inline(never)]
+fn bad_small_free(heap: &Heap, addr: usize, class: usize) -> ! {
     let Some((meta, span)) = arena::span_of(addr) else {
         report::invalid_free(addr);
     };
@@ -855,22 +911,21 @@ fn small_span_of(heap: &Heap, addr: usize, class: usize) -> &'static Span {
     let Some(span) = (unsafe { span.as_ref() }) else {
         report::invalid_free(addr);
     };
-    if span.kind != SpanKind::Small || span.class as usize != class {
-        let actual = if span.kind == SpanKind::Small { span.elem_size as usize } else { span.npages * PAGE_SIZE };
-        report::layout_mismatch(addr, CLASSES[class].size as usize, actual);
+    if span.kind == SpanKind::Small && span.class as usize == class {
+        // In a small span of the class, but off the 8-byte granule.
+        report::interior_free(addr, span.elem_size as usize);
     }
-    span
+    let actual = if span.kind == SpanKind::Small { span.elem_size as usize } else { span.npages * PAGE_SIZE };
+    report::layout_mismatch(addr, CLASSES[class].size as usize, actual)
 }
 
 /// Aborts unless `addr` is a live (allocated, not freed) object of `class`
 /// (`realloc` in place).
 fn check_live(heap: &Heap, class: usize, addr: usize) {
-    let span = small_span_of(heap, addr, class);
+    let (meta, span) = small_span_of(heap, addr, class);
     if span.object_index(addr).is_none() {
         report::interior_free(addr, span.elem_size as usize);
     }
-    // SAFETY: small spans are in arenas.
-    let meta = unsafe { arena::meta_unchecked(addr) };
     let (alloc, bit) = meta.alloc_bit(addr);
     let (remote, _) = meta.remote_bit(addr);
     if alloc.load(Ordering::Acquire) & bit == 0 || remote.load(Ordering::Acquire) & bit != 0 {

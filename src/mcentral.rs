@@ -70,9 +70,17 @@ pub(crate) struct Lists {
     pub(crate) nfull: usize,
 }
 
-/// An intrusive doubly-linked list through `Owned::prev` / `next`.
+/// An intrusive doubly-linked queue through `Owned::prev` / `next`:
+/// spans join at the back and leave from the front, so a cache takes the
+/// span that became reusable longest ago. A span that has just received
+/// its first remote free is usually still being freed into by the thread
+/// that freed it; handing it out at once would have a producer allocate,
+/// and write the object bitmaps of, the very objects its consumer is
+/// freeing, and their cache lines would cross between cores at every
+/// object.
 struct SpanList {
     head: *mut Span,
+    tail: *mut Span,
     len: usize,
 }
 
@@ -83,17 +91,32 @@ unsafe impl Send for Lists {}
 
 impl SpanList {
     const fn new() -> Self {
-        SpanList { head: ptr::null_mut(), len: 0 }
+        SpanList { head: ptr::null_mut(), tail: ptr::null_mut(), len: 0 }
     }
 
-    /// Pushes `span` (owned by the lock holder) at the front.
+    /// Adds `span` (owned by the lock holder) at the back.
     fn push(&mut self, span: &Span, id: ListId) {
-        span.link_front(&mut self.head, id);
+        let me = span as *const Span as *mut Span;
+        let tail = self.tail;
+        span.with_owned(|o, _| {
+            o.prev = tail;
+            o.next = ptr::null_mut();
+            o.list = id;
+        });
+        // SAFETY: list members are live records owned by the lock holder.
+        match unsafe { tail.as_ref() } {
+            Some(t) => t.with_owned(|o, _| o.next = me),
+            None => self.head = me,
+        }
+        self.tail = me;
         self.len += 1;
     }
 
     /// Unlinks `span`, which is on this list.
     fn remove(&mut self, span: &Span) {
+        if ptr::eq(self.tail, span) {
+            self.tail = span.with_owned(|o, _| o.prev);
+        }
         span.unlink(&mut self.head);
         self.len -= 1;
     }

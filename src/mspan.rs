@@ -54,13 +54,16 @@
 //! # Hand-overs and late frees
 //!
 //! Whoever changes a span's owner or marks it `FULL` does it in this order:
-//! first the new `state` (a CAS), then a `swap` of every remote word that
-//! can hold an object's bit ([`Span::collect`] with `sync`). A freer does
-//! the opposite: `fetch_or` on its word, then it reads `state`. For any one
-//! word the two read-modify-writes are ordered; if the freer's comes second
-//! it synchronises with the swap and sees the new state (so it queues a
-//! span that became `FULL`); if it comes first, the swap merges its free.
-//! No free is stranded in a span that its owner believes full.
+//! first the new `state` (a CAS), then a `SeqCst` fence, then it reads the
+//! span's remote words and merges what they hold ([`Span::collect`] with
+//! `sync`). A freer does the opposite: its `fetch_or` on its word, then its
+//! read of `state`, both `SeqCst`. Either the merge sees the freer's bit, or
+//! the freer sees the new state (so it queues a span that became `FULL`):
+//! the fence forbids both reading the old values (C++20's rules for
+//! `SeqCst` fences, which Rust follows). No free is stranded in a span that
+//! its owner believes full. On x86 the freer's side costs nothing beyond
+//! its `lock or`; under loom, which orders fences but not `SeqCst`
+//! accesses among themselves, the freer's pair carries an explicit fence.
 //!
 //! # Retiring
 //!
@@ -150,7 +153,8 @@ pub(crate) fn flags(state: u64) -> u64 {
 
 /// How a merge takes remote frees: it must acquire, so that the object's
 /// next user happens after its freer (mutant `merge_relaxed` weakens the
-/// owner's own merges), and a hand-over's must also release (module docs).
+/// owner's own merges), and a hand-over's also releases the new state to a
+/// freer whose `fetch_or` comes after the swap (module docs).
 const MERGE: Ordering = Ordering::AcqRel;
 #[cfg(not(spanalloc_mutant = "merge_relaxed"))]
 const OWNER_MERGE: Ordering = Ordering::AcqRel;
@@ -504,12 +508,14 @@ impl Span {
     /// Merges the remote frees into the owner view: each object whose
     /// `remote` bit is set becomes free in the span (its `alloc` bit
     /// cleared). `alloc` and `remote` are the span's object-bitmap words
-    /// (`ArenaMeta::span_words`). With `sync`, every word that can hold an
-    /// object's bit is swapped, even an empty one: the caller has just
-    /// changed `state`, and a freer that comes later must see it (module
-    /// docs); without it, empty words are only read. Returns how many
-    /// objects it merged. Aborts on an object freed twice.
+    /// (`ArenaMeta::span_words`). With `sync`, the caller has just changed
+    /// `state`: a `SeqCst` fence first orders the reads of the words after
+    /// it, against the freers' (module docs). Returns how many objects it
+    /// merged. Aborts on an object freed twice.
     pub(crate) fn collect(&self, alloc: &[AtomicU64], remote: &[AtomicU64], sync: bool) -> u32 {
+        if sync {
+            crate::sync::atomic::fence(Ordering::SeqCst);
+        }
         let mut merged = 0;
         let mut bad = 0usize;
         self.for_each_object_word(|w| {
@@ -517,7 +523,7 @@ impl Span {
                 return;
             }
             let r = &remote[w];
-            if !sync && r.load(Ordering::Relaxed) == 0 {
+            if r.load(Ordering::Relaxed) == 0 {
                 return;
             }
             let got = r.swap(0, if sync { MERGE } else { OWNER_MERGE });
@@ -586,11 +592,14 @@ impl Span {
         }
         // Publishes the user's last writes to the object to whoever merges
         // the free (the owner's swap acquires).
-        let prev = remote.fetch_or(bit, Ordering::AcqRel);
+        let prev = remote.fetch_or(bit, Ordering::SeqCst);
         if prev & bit != 0 {
             report::double_free(addr, self.elem_size as usize);
         }
-        let mut s = self.state.load(Ordering::Acquire);
+        // The SeqCst pair this model of memory has no total order for.
+        #[cfg(loom)]
+        crate::sync::atomic::fence(Ordering::SeqCst);
+        let mut s = self.state.load(Ordering::SeqCst);
         loop {
             let other_life = generation(s) != life && cfg!(not(spanalloc_mutant = "freer_ignores_life"));
             if other_life || flags(s) != CENTRAL | FULL {

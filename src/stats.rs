@@ -27,8 +27,6 @@ pub(crate) struct CacheStats {
     pub(crate) classes: [ClassCounters; NUM_CLASSES],
     /// Pages of the spans the cache owns, as of its last slow path.
     pub(crate) owned_pages: Counter,
-    /// Objects free in the cache's stacks, as of its last slow path.
-    pub(crate) stacked_bytes: Counter,
     /// Stacks in the thread's stack cache.
     pub(crate) stacks_cached: Counter,
     /// Large objects handed out from the large-object cache.
@@ -50,7 +48,6 @@ impl CacheStats {
         CacheStats {
             classes: [const { ClassCounters { mallocs: Counter::new(), frees: Counter::new() } }; NUM_CLASSES],
             owned_pages: Counter::new(),
-            stacked_bytes: Counter::new(),
             stacks_cached: Counter::new(),
             large_hits: Counter::new(),
             large_kept: Counter::new(),

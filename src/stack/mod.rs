@@ -375,12 +375,32 @@ fn with_stack_cache<R>(f: impl FnOnce(&mut StackCache) -> R) -> R {
 #[cold]
 #[inline(never)]
 fn thread_setup(st: &StackThread) {
+    register_hooks();
     overflow::install();
     st.altstack.set(overflow::ensure_altstack());
-    crate::thread::set_hooks(crate::thread::Hooks { exit: thread_exit, fork_locks: fork_locks_hook });
     crate::thread::register_current();
     st.ready.set(true);
 }
+
+#[cfg(not(loom))]
+/// Tells the thread layer about the stack module's thread-exit and fork
+/// hooks. At load time, before any thread can hold a stack lock: a fork
+/// whose prepare handler ran before the hooks were known would otherwise
+/// let a child inherit a stack lock held (and the first stack operation
+/// registers them again, harmlessly, for a library loaded by hand).
+fn register_hooks() {
+    crate::thread::set_hooks(crate::thread::Hooks { exit: thread_exit, fork_locks: fork_locks_hook });
+}
+
+#[cfg(not(loom))]
+extern "C" fn at_load() {
+    register_hooks();
+}
+
+#[cfg(not(loom))]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static AT_LOAD: extern "C" fn() = at_load;
 
 #[cfg(not(loom))]
 /// At thread exit (from the thread's exit hook): the thread's stacks go
