@@ -152,8 +152,11 @@ unsafe fn delete(p: *mut c_void) {
 #[inline(always)]
 unsafe fn delete_sized(p: *mut c_void, size: usize, align: usize) {
     let p = p.cast::<u8>();
-    if p.is_null() || nested::is_emergency(p) {
+    if p.is_null() {
         return;
+    }
+    if nested::is_emergency(p) {
+        return nested::free(p);
     }
     if foreign::policy() != foreign::ABORT && foreign::forwards(p) {
         // SAFETY: a pointer glibc allocated.

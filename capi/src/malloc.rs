@@ -77,7 +77,7 @@ pub(crate) fn alloc_aligned(align: usize, size: usize) -> *mut u8 {
 #[inline(always)]
 pub(crate) unsafe fn release(p: *mut u8) {
     if nested::is_emergency(p) {
-        return;
+        return nested::free(p);
     }
     if foreign::policy() != foreign::ABORT && foreign::forwards(p) {
         // SAFETY: a pointer glibc allocated.
@@ -118,7 +118,7 @@ fn calloc_body(n: usize, size: usize) -> *mut c_void {
     let p = if !nested {
         raw::calloc(n, size)
     } else {
-        // Fresh emergency memory is zero.
+        // Emergency blocks are zeroed.
         match n.checked_mul(size) {
             Some(bytes) => nested::alloc(bytes, c_align(bytes)),
             None => ptr::null_mut(),
@@ -141,7 +141,11 @@ unsafe fn realloc_body(p: *mut c_void, size: usize) -> *mut c_void {
     let p = p.cast::<u8>();
     // SAFETY (all branches): the caller's contract; `p` is live.
     let q = if nested::is_emergency(p) {
-        unsafe { move_out(p, nested::usable(p), size) }
+        let q = unsafe { move_out(p, nested::usable(p), size) };
+        if !q.is_null() {
+            nested::free(p);
+        }
+        q
     } else if foreign::policy() != foreign::ABORT && foreign::forwards(p) {
         let q = unsafe { move_out(p, foreign::usable_size(p), size) };
         if !q.is_null() {

@@ -8,13 +8,15 @@
 //! The outer call may hold the thread's cache as `&mut`, or a lock, so the
 //! nested one must not touch the core at all:
 //!
-//! - an allocation comes from the *emergency region*, a static 1 MiB in
-//!   `.bss` carved by an atomic bump pointer (no lock, no TLS, no syscall;
-//!   the pages are committed on first touch and fresh memory is zero, so
-//!   `calloc` needs no clearing). Each block has a 16-byte header before it
-//!   holding its size. Freed emergency blocks are not reused: the path is
-//!   for a handful of objects per process. When the region is exhausted,
-//!   the nested call fails (NULL, `ENOMEM`);
+//! - an allocation comes from the *emergency region*, a static 4 MiB in
+//!   `.bss` (committed page by page on first touch) in 16 chunks, each
+//!   carved by an atomic bump pointer with a count of its live blocks: no
+//!   lock, no TLS, no syscall, so a signal handler may use it. A chunk
+//!   whose blocks are all freed starts over. Each block has a 16-byte
+//!   header before it holding its size (the one place where metadata sits
+//!   beside user memory: this path serves a few objects at a time). When no
+//!   chunk has room, or for a block over 256 KiB, the nested call fails
+//!   (NULL, `ENOMEM`);
 //! - a free of a core object is *deferred*: kept in the thread's
 //!   [`ThreadState`](crate::tls::ThreadState) and done when the outermost
 //!   call leaves; past [`DEFERRED`](crate::tls::DEFERRED) pending frees the
@@ -26,27 +28,35 @@
 //! compare on exit ([`enter`], [`leave`]).
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::ptr;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use spanalloc_core::raw;
 
 use crate::tls::{self, DEFERRED, DEFERRED_ONE, DEPTH_MASK};
 
 /// Size of the emergency region.
-const REGION: usize = 1 << 20;
+const REGION: usize = 4 << 20;
+/// The region is carved in chunks; a chunk whose blocks are all free again
+/// starts over, so long-lived blocks pin only their own chunk.
+const CHUNK: usize = 256 << 10;
+const CHUNKS: usize = REGION / CHUNK;
 /// Bytes before each emergency block (its size).
 const HEADER: usize = 16;
 
 #[repr(C, align(4096))]
 struct Region(UnsafeCell<[u8; REGION]>);
 
-// SAFETY: disjoint parts are handed out by an atomic bump pointer; each
-// part belongs to one caller.
+// SAFETY: disjoint parts are handed out through the chunk words below;
+// each part belongs to one caller.
 unsafe impl Sync for Region {}
 
 static EMERGENCY: Region = Region(UnsafeCell::new([0; REGION]));
-/// Bytes of the region handed out so far.
-static USED: AtomicUsize = AtomicUsize::new(0);
+/// Per chunk: live blocks in the high 32 bits, bytes carved in the low 32.
+/// One word, so "the last block is freed" and "start over" are one CAS.
+static CHUNK_STATE: [AtomicU64; CHUNKS] = [const { AtomicU64::new(0) }; CHUNKS];
+/// The chunk new blocks come from first.
+static CURRENT: AtomicUsize = AtomicUsize::new(0);
 /// Nested allocations and frees served here, for tests and diagnosis.
 static NESTED: AtomicUsize = AtomicUsize::new(0);
 
@@ -125,29 +135,71 @@ pub(crate) fn is_emergency(p: *const u8) -> bool {
 }
 
 /// A zeroed emergency block of `size` bytes aligned to `align` (a power of
-/// two); null when the region is exhausted.
+/// two); null when no chunk has room.
 #[cold]
 pub(crate) fn alloc(size: usize, align: usize) -> *mut u8 {
     NESTED.fetch_add(1, Ordering::Relaxed);
-    let base = EMERGENCY.0.get() as usize;
     let align = align.max(HEADER);
-    let mut used = USED.load(Ordering::Relaxed);
-    loop {
-        let start = (base + used + HEADER).next_multiple_of(align) - base;
-        let Some(end) = start.checked_add(size.max(1).next_multiple_of(HEADER)) else {
-            return core::ptr::null_mut();
-        };
-        if end > REGION {
-            return core::ptr::null_mut();
+    let Some(need) = size.max(1).checked_next_multiple_of(HEADER) else {
+        return ptr::null_mut();
+    };
+    if need > CHUNK || align > CHUNK / 2 {
+        return ptr::null_mut();
+    }
+    let first = CURRENT.load(Ordering::Relaxed);
+    for k in 0..CHUNKS {
+        let c = (first + k) % CHUNKS;
+        if let Some(p) = carve(c, need, align) {
+            if k != 0 {
+                CURRENT.store(c, Ordering::Relaxed);
+            }
+            return p;
         }
-        match USED.compare_exchange_weak(used, end, Ordering::Relaxed, Ordering::Relaxed) {
+    }
+    ptr::null_mut()
+}
+
+/// Carves `need` bytes aligned to `align` from chunk `c`, if they fit.
+fn carve(c: usize, need: usize, align: usize) -> Option<*mut u8> {
+    let base = EMERGENCY.0.get() as usize + c * CHUNK;
+    let state = &CHUNK_STATE[c];
+    let mut w = state.load(Ordering::Relaxed);
+    loop {
+        let used = (w & 0xffff_ffff) as usize;
+        let start = (base + used + HEADER).next_multiple_of(align) - base;
+        let end = start + need;
+        if end > CHUNK {
+            return None;
+        }
+        let new = (((w >> 32) + 1) << 32) | end as u64;
+        match state.compare_exchange_weak(w, new, Ordering::Acquire, Ordering::Relaxed) {
             Ok(_) => {
                 let p = (base + start) as *mut u8;
-                // SAFETY: [start - HEADER, end) is ours alone now.
-                unsafe { p.sub(HEADER).cast::<usize>().write(end - start) };
-                return p;
+                // SAFETY: [start - HEADER, end) of the chunk is ours alone.
+                // A chunk that starts over may hand out dirty bytes: clear.
+                unsafe {
+                    p.sub(HEADER).cast::<usize>().write(need);
+                    p.write_bytes(0, need);
+                }
+                return Some(p);
             }
-            Err(now) => used = now,
+            Err(now) => w = now,
+        }
+    }
+}
+
+/// Frees emergency block `p`; the chunk starts over when it was its last.
+#[cold]
+pub(crate) fn free(p: *mut u8) {
+    let c = (p as usize - EMERGENCY.0.get() as usize) / CHUNK;
+    let state = &CHUNK_STATE[c];
+    let mut w = state.load(Ordering::Relaxed);
+    loop {
+        let live = w >> 32;
+        let new = if live <= 1 { 0 } else { ((live - 1) << 32) | (w & 0xffff_ffff) };
+        match state.compare_exchange_weak(w, new, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(now) => w = now,
         }
     }
 }
@@ -167,7 +219,9 @@ pub(crate) unsafe fn realloc(p: *mut u8, size: usize) -> *mut u8 {
     if !q.is_null() {
         // SAFETY: both blocks are live and disjoint.
         unsafe { core::ptr::copy_nonoverlapping(p, q, old.min(size)) };
-        if !is_emergency(p) {
+        if is_emergency(p) {
+            free(p);
+        } else {
             defer_free(p);
         }
     }
@@ -188,8 +242,23 @@ mod tests {
             assert!(usable(p) >= size);
             assert!(unsafe { core::slice::from_raw_parts(p, size) }.iter().all(|&b| b == 0));
         }
-        assert!(alloc(REGION, 8).is_null(), "a block larger than the region fails");
+        assert!(alloc(CHUNK + 1, 8).is_null(), "a block larger than a chunk fails");
         assert!(!is_emergency(core::ptr::null()));
+    }
+
+    #[test]
+    fn a_chunk_whose_blocks_are_all_freed_starts_over() {
+        // Far more than the region in all, but never much live at once.
+        for i in 0..10_000 {
+            let p = alloc(3000, 16);
+            assert!(!p.is_null(), "round {i}");
+            unsafe { p.write_bytes(0xee, 3000) };
+            let q = alloc(100, 64);
+            assert!(!q.is_null() && q as usize % 64 == 0);
+            assert!(unsafe { core::slice::from_raw_parts(q, 100) }.iter().all(|&b| b == 0));
+            free(p);
+            free(q);
+        }
     }
 
     #[test]

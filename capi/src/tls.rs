@@ -49,6 +49,9 @@ const _: () = assert!(core::mem::size_of::<ThreadState>() == 256);
 core::arch::global_asm!(
     ".pushsection .tbss,\"awT\",@nobits",
     ".p2align 6",
+    // Global for the other codegen units, hidden from the dynamic table.
+    ".globl spanalloc_c_thread_state",
+    ".hidden spanalloc_c_thread_state",
     ".type spanalloc_c_thread_state,@object",
     ".size spanalloc_c_thread_state, {size}",
     "spanalloc_c_thread_state:",
