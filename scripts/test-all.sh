@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Every test spanalloc has: unit and whole-allocator tests (tests/), doc
-# tests, the loom models (loom-tests/) and the proof that each model catches
-# the fault it guards against (scripts/loom-mutants.sh).
+# Every test spanalloc has: unit and whole-allocator tests (tests/, and
+# capi/tests/ for libspanalloc.so), doc tests, real programs under the
+# preload (scripts/capi-programs.sh), the loom models (loom-tests/) and the
+# proof that each model catches the fault it guards against
+# (scripts/loom-mutants.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== unit, integration and doc tests"
-cargo test --all-features --all-targets
-cargo test --all-features --doc
+cargo build --release --workspace
+cargo test --workspace --all-features --all-targets
+cargo test --workspace --all-features --doc
+echo "== libspanalloc.so under real programs"
+scripts/capi-programs.sh
 echo "== loom models"
 scripts/loom.sh
 echo "== loom models catch their mutants"
