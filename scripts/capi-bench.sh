@@ -133,7 +133,7 @@ done
 
 # The table.
 echo "| program | $(printf '%s | ' "${allocs[@]}")spanalloc / best peer |"
-echo "|---|$(printf -- '---|' "${allocs[@]}")---|"
+echo "|---|$(printf -- '---|%.0s' "${allocs[@]}")---|"
 declare -A LOGSUM LOGN
 for item in "${all[@]}"; do
   name=${item#*:}
@@ -172,7 +172,7 @@ echo "Times are medians of $RUNS interleaved runs (larson, xmalloc-test: seconds
 if [ -d "$MBB/security" ]; then
   echo
   echo "| security suite | $(printf '%s | ' "${allocs[@]}")"
-  echo "|---|$(printf -- '---|' "${allocs[@]}")"
+  echo "|---|$(printf -- '---|%.0s' "${allocs[@]}")"
   declare -A CAUGHT
   total=0
   caught_list=$work/caught

@@ -66,7 +66,12 @@ extern "C" fn next_new(which: usize) -> usize {
         // libstdc++'s unless ours comes first.
         // SAFETY: as above.
         let any = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name) } as usize;
-        let ours = [_Znwm as *const () as usize, _Znam as *const () as usize, _ZnwmRKSt9nothrow_t as *const () as usize, _ZnamRKSt9nothrow_t as *const () as usize];
+        let ours = [
+            _Znwm as *const () as usize,
+            _Znam as *const () as usize,
+            _ZnwmRKSt9nothrow_t as *const () as usize,
+            _ZnamRKSt9nothrow_t as *const () as usize,
+        ];
         let ours_aligned = [
             _ZnwmSt11align_val_t as *const () as usize,
             _ZnamSt11align_val_t as *const () as usize,

@@ -60,7 +60,9 @@ pub(crate) fn init() -> u8 {
             b"glibc" => GLIBC,
             b"abort" | b"" => ABORT,
             _ => {
-                crate::fatal::warn("SPANALLOC_FOREIGN_FREE is neither 'glibc' nor 'abort'; foreign pointers will abort");
+                crate::fatal::warn(
+                    "SPANALLOC_FOREIGN_FREE is neither 'glibc' nor 'abort'; foreign pointers will abort",
+                );
                 ABORT
             }
         }
@@ -103,7 +105,11 @@ pub(crate) unsafe fn free(p: *mut u8) {
 pub(crate) unsafe fn usable_size(p: *mut u8) -> usize {
     let f = GLIBC_USABLE.load(Ordering::Relaxed);
     if f == 0 {
-        crate::fatal::fatal("size query of", p as usize, ": foreign pointer, and glibc's malloc_usable_size was not found");
+        crate::fatal::fatal(
+            "size query of",
+            p as usize,
+            ": foreign pointer, and glibc's malloc_usable_size was not found",
+        );
     }
     // SAFETY: a non-null value is glibc's `malloc_usable_size`.
     unsafe { core::mem::transmute::<usize, UsableFn>(f)(p.cast()) }

@@ -254,7 +254,7 @@ mod tests {
             assert!(!p.is_null(), "round {i}");
             unsafe { p.write_bytes(0xee, 3000) };
             let q = alloc(100, 64);
-            assert!(!q.is_null() && q as usize % 64 == 0);
+            assert!(!q.is_null() && (q as usize).is_multiple_of(64));
             assert!(unsafe { core::slice::from_raw_parts(q, 100) }.iter().all(|&b| b == 0));
             free(p);
             free(q);
