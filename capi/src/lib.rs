@@ -49,12 +49,32 @@ mod tls;
 static A: spanalloc_core::SpanAlloc = spanalloc_core::SpanAlloc;
 
 /// Runs when the library is loaded: reads the foreign-pointer policy (and
-/// resolves glibc's functions if it forwards) before the program's own
-/// code runs. The entry points do not depend on it: each initialises what
+/// resolves glibc's functions if it forwards) and registers the fork
+/// guard, before the program's own code runs. The entry points do not depend on it: each initialises what
 /// it needs on first use, since other libraries' constructors may allocate
 /// before this one runs.
 extern "C" fn at_load() {
     foreign::init();
+    // The core registers its fork handlers (which take every heap lock) on
+    // its first allocation; ours, registered after them, run around them:
+    // prepare handlers run in reverse order of registration, the others in
+    // order. While the core holds its locks for a fork, the forking thread
+    // then counts as inside spanalloc, so a signal handler that allocates
+    // meanwhile is served as a nested call instead of waiting for a lock
+    // its own thread holds.
+    // SAFETY: a block from malloc, freed once.
+    unsafe { malloc::release(malloc::alloc(1)) };
+    // SAFETY: plain functions valid for the whole process; this runs
+    // outside any allocation, so pthread_atfork may allocate.
+    unsafe { libc::pthread_atfork(Some(fork_enter), Some(fork_leave), Some(fork_leave)) };
+}
+
+extern "C" fn fork_enter() {
+    nested::enter();
+}
+
+extern "C" fn fork_leave() {
+    nested::leave();
 }
 
 /// How many calls arrived while their thread was already inside spanalloc

@@ -511,6 +511,7 @@ static void test_fork(void) {
 
 int main(void) {
     setvbuf(stdout, NULL, _IONBF, 0);
+    alarm(300);                             /* a hang fails as SIGALRM */
     page = (size_t)sysconf(_SC_PAGESIZE);
     test_before_main();
     test_malloc_zero();

@@ -2,7 +2,8 @@
    inside malloc/free/realloc. glibc's malloc is not async-signal-safe (its
    arena lock is not recursive), so this runs under libspanalloc.so only.
    Two threads churn; a profiling timer interrupts them every 50 us and the
-   handler allocates, writes, reallocates and frees. Prints
+   handler allocates, writes, reallocates and frees; then the main thread
+   forks 200 times while the timer still fires. Prints
    "signal_malloc: ok" and the number of handler runs. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -12,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -52,6 +54,7 @@ static void *churn(void *arg) {
 
 int main(int argc, char **argv) {
     double seconds = argc > 1 ? atof(argv[1]) : 2.0;
+    alarm(300);                             /* a hang fails as SIGALRM */
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = handler;
@@ -70,6 +73,21 @@ int main(int argc, char **argv) {
         free(p);
         clock_gettime(CLOCK_MONOTONIC, &now);
     } while ((now.tv_sec - start.tv_sec) + (now.tv_nsec - start.tv_nsec) / 1e9 < seconds);
+    /* fork while the timer fires: the allocator holds its locks during
+       fork, and a handler that allocates then must not wait for them. */
+    int forks_bad = 0;
+    for (int i = 0; i < 200; i++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            alarm(10);                          /* a deadlock ends as SIGALRM */
+            for (int k = 0; k < 100; k++) free(malloc(k * 50 + 1));
+            _exit(0);
+        }
+        int st = 0;
+        if (pid < 0 || waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0) forks_bad++;
+    }
+    printf("forks failed: %d\n", forks_bad);
+    if (forks_bad) bad = 1;
     struct itimerval off = {{0, 0}, {0, 0}};
     setitimer(ITIMER_PROF, &off, NULL);
     stop = 1;

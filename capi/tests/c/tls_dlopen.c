@@ -56,6 +56,7 @@ static void *worker(void *arg) {
 int main(int argc, char **argv) {
     if (argc < 3) { fprintf(stderr, "usage: %s MODULE.so DIR [modules] [threads] [rounds]\n", argv[0]); return 2; }
     nmods = argc > 3 ? atoi(argv[3]) : 64;
+    alarm(300);                             /* a hang fails as SIGALRM */
     nthreads = argc > 4 ? atoi(argv[4]) : 4;
     rounds = argc > 5 ? atoi(argv[5]) : 3;
     if (nmods > 256) nmods = 256;
