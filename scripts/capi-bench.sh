@@ -93,7 +93,7 @@ declare -A PCMD=(
 )
 PROGRAMS=${PROGRAMS:-"sqlite gcc python git"}
 
-# measure ALLOC COMMAND: "<seconds> <peak KiB>", or "fail".
+# measure ALLOC COMMAND NAME: "<seconds> <peak KiB>", or "fail".
 measure() {
   local lib=${LIB[$1]} t=$work/time
   # The preload reaches every process of the command (shell included), as
@@ -102,12 +102,14 @@ measure() {
     local e m
     e=$(awk -F': ' '/Elapsed \(wall clock\)/ {n = split($2, a, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + a[i]; print s}' "$t")
     m=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$t")
-    # Time-limited benchmarks: seconds per 10^7 operations from their rate.
-    if grep -q '^Throughput' "$work/out"; then
-      e=$(awk '/^Throughput/ {printf "%.3f", 1e7 / $3}' "$work/out")
-    elif grep -q 'free/sec' "$work/out"; then
-      e=$(awk -F'free/sec: ' '/free\/sec/ {split($2, a, " "); printf "%.3f", 10 / a[1]}' "$work/out")
-    fi
+    # Time-limited benchmarks report a rate: their "time" is the relative
+    # time mimalloc-bench's bench.sh derives from it.
+    case $3 in
+      larson*) e=$(sed -n 's/.* time: \([0-9.]*\).*/\1/p' "$work/out") ;;
+      xmalloc*) e=$(sed -n 's/^rtime: \([0-9.]*\).*/\1/p' "$work/out") ;;
+      rptest*) e=$(sed -n 's/.*\.\.\.\([0-9]*\) memory ops.*/\1/p' "$work/out" | awk '{printf "%.3f", 2e6 / $1}') ;;
+      glibc-thread) e=$(awk 'NR == 1 {printf "%.3f", 1e9 / $1}' "$work/out") ;;
+    esac
     echo "$e $m"
   else
     echo fail
@@ -124,7 +126,7 @@ for item in "${all[@]}"; do
   if [ "$kind" = mb ]; then cmd=${CMD[$name]}; else cmd=${PCMD[$name]}; fi
   for r in $(seq 1 "$RUNS"); do
     for a in "${allocs[@]}"; do
-      res=$(measure "$a" "$cmd")
+      res=$(measure "$a" "$cmd" "$name")
       echo "$name $a run $r: $res" >&2
       echo "$res" >>"$work/res.$name.$a"
     done
@@ -165,7 +167,7 @@ for a in "${allocs[@]}"; do
 done
 echo "$line - |"
 echo
-echo "Times are medians of $RUNS interleaved runs (larson, xmalloc-test: seconds per 10^7 operations from their rates); memory is the median peak RSS."
+echo "Times are medians of $RUNS interleaved runs; for the time-limited larson, rptest, xmalloc-test and glibc-thread, the relative time bench.sh derives from their rates. Memory is the median peak RSS."
 
 # The security suite: a test is caught when the program dies (or hangs past
 # a second) before it prints NOT_CAUGHT.
