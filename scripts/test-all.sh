@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# Every test spanalloc has: unit and whole-allocator tests (tests/), doc
-# tests, the loom models (loom-tests/) and the proof that each model catches
-# the fault it guards against (scripts/loom-mutants.sh); and a build of the
-# benchmark crate (benches/), so that it cannot rot.
+# Every test spanalloc has: unit and whole-allocator tests (tests/, and
+# capi/tests/ for libspanalloc.so), doc tests, real programs under the
+# preload (scripts/capi-programs.sh), the loom models (loom-tests/) and the
+# proof that each model catches the fault it guards against
+# (scripts/loom-mutants.sh); and a build of the benchmark crate (benches/),
+# so that it cannot rot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== unit, integration and doc tests"
+cargo build --release --workspace
 cargo test --all-features --all-targets
 cargo test --all-features --doc
+# libspanalloc.so (its one feature only shows the hazard its guard removes)
+cargo test -p spanalloc-c --all-targets
+echo "== libspanalloc.so under real programs"
+scripts/capi-programs.sh
 echo "== loom models"
 scripts/loom.sh
 echo "== loom models catch their mutants"
