@@ -74,7 +74,7 @@ use crate::mheap::TICK_MS;
 use crate::mspan::{ListId, Span, SpanKind};
 use crate::os;
 use crate::report;
-use crate::sizeclass::{CLASSES, CLASSES_CONST, MAX_SMALL, NUM_CLASSES, PAGE_SIZE, class_of, small_class};
+use crate::sizeclass::{CLASSES, CLASSES_CONST, MAX_SMALL, NUM_CLASSES, PAGE_SIZE, c_class, class_of, small_class};
 use crate::stats::CacheStats;
 use crate::sync::unmodelled::Ordering;
 
@@ -423,6 +423,95 @@ impl CacheCore {
             0 => self.free_large(host, addr),
             class => self.dealloc_class(host, class, addr),
         }
+    }
+
+    // -----------------------------------------------------------------------
+    // C's malloc family: no layout on free, 16-byte alignment from 16 bytes.
+
+    /// `malloc(size)`: the C class of `size` (see `sizeclass::c_class`), or
+    /// a large object; null when out of memory.
+    #[inline(always)]
+    pub(crate) fn alloc_c<H: Host>(&mut self, host: &H, size: usize) -> *mut u8 {
+        if size > MAX_SMALL {
+            return self.alloc_other(host, size, 16, false);
+        }
+        self.alloc_class(host, c_class(size))
+    }
+
+    /// `free(addr)` with no size: the page tag names the class.
+    #[inline(always)]
+    pub(crate) fn free_unsized<H: Host>(&mut self, host: &H, addr: usize) {
+        if arena::small_object_in_arena(addr) {
+            // SAFETY: in an arena.
+            let meta = unsafe { arena::meta_unchecked(addr) };
+            let tag = meta.tag_at(addr);
+            let class = arena::tag_class(tag);
+            // SAFETY: classes are below NUM_CLASSES.
+            let b = unsafe { self.bins.get_unchecked_mut(class) };
+            let top = b.top;
+            if tag == b.tag && !b.is_full() {
+                let (word, n) = meta.alloc_word(addr);
+                let w = word.load(Ordering::Relaxed);
+                if (w >> n) & 1 != 0 {
+                    word.store(w & !(1 << n), Ordering::Relaxed);
+                    // SAFETY: the stack is not full.
+                    unsafe {
+                        top.write(addr);
+                        b.top = top.add(1);
+                    }
+                    // SAFETY: classes are below NUM_CLASSES.
+                    unsafe { host.stats().classes.get_unchecked(class) }.frees.bump(1);
+                    return;
+                }
+            }
+            if class != 0 {
+                return self.dealloc_slow(host, class, addr);
+            }
+        }
+        self.free_unsized_other(host, addr)
+    }
+
+    /// An unsized free that is not of a small object in an arena: a large
+    /// object, or a pointer spanalloc did not hand out.
+    #[cold]
+    #[inline(never)]
+    fn free_unsized_other<H: Host>(&mut self, host: &H, addr: usize) {
+        match arena::span_of(addr) {
+            // SAFETY: a non-null page entry points at a live record.
+            Some((_, span)) if unsafe { span.as_ref() }.is_some_and(|s| s.kind == SpanKind::Large) => {
+                self.free_large(host, addr)
+            }
+            _ => report::invalid_free(addr),
+        }
+    }
+
+    /// `realloc(addr, size)` for `addr` not null and `size` not zero: in
+    /// place when the object holds `size` and would not waste more than
+    /// half of itself (or, for large objects, when the pages allow), else
+    /// moved with its bytes.
+    ///
+    /// # Safety
+    /// `addr` must be an object this heap handed out and not freed (what
+    /// spanalloc can detect is reported).
+    pub(crate) unsafe fn realloc_c<H: Host>(&mut self, host: &H, addr: usize, size: usize) -> *mut u8 {
+        let heap = host.heap();
+        let old = usable_size(addr);
+        let (old_small, new_class) = (old <= MAX_SMALL, if size <= MAX_SMALL { c_class(size) } else { 0 });
+        if old_small && new_class != 0 && size <= old && size >= old / 2 {
+            check_live(heap, small_class(old), addr);
+            return addr as *mut u8;
+        }
+        if !old_small && new_class == 0 && heap.shared().mheap.resize_large(addr, size) {
+            return addr as *mut u8;
+        }
+        let new = self.alloc_c(host, size);
+        if !new.is_null() {
+            // SAFETY: both objects are live and distinct; we copy what both
+            // hold.
+            unsafe { ptr::copy_nonoverlapping(addr as *const u8, new, old.min(size)) };
+            self.free_unsized(host, addr);
+        }
+        new
     }
 
     // -----------------------------------------------------------------------
@@ -917,6 +1006,27 @@ fn bad_small_free(heap: &Heap, addr: usize, class: usize) -> ! {
     }
     let actual = if span.kind == SpanKind::Small { span.elem_size as usize } else { span.npages * PAGE_SIZE };
     report::layout_mismatch(addr, CLASSES[class].size as usize, actual)
+}
+
+/// The bytes the object at `addr` can hold (`malloc_usable_size`): its
+/// class's size, or a large object's whole pages. Reads only metadata;
+/// aborts if `addr` is not an object spanalloc handed out.
+pub(crate) fn usable_size(addr: usize) -> usize {
+    if arena::small_object_in_arena(addr) {
+        // SAFETY: in an arena.
+        let class = arena::tag_class(unsafe { arena::meta_unchecked(addr) }.tag_at(addr));
+        if class != 0 {
+            return CLASSES[class].size as usize;
+        }
+    }
+    match arena::span_of(addr) {
+        // SAFETY: a non-null page entry points at a live record.
+        Some((_, span)) => match unsafe { span.as_ref() } {
+            Some(s) if s.kind == SpanKind::Large && s.base == addr => s.npages * PAGE_SIZE,
+            _ => report::invalid_free(addr),
+        },
+        None => report::invalid_free(addr),
+    }
 }
 
 /// Aborts unless `addr` is a live (allocated, not freed) object of `class`

@@ -55,6 +55,10 @@ struct ThreadCache {
     stats: CacheStats,
     /// Set-up done for this thread (`REGISTERED`, `EXIT_HOOK`).
     flags: Cell<u8>,
+    /// Prepare handlers this thread ran without their parent or child
+    /// handler yet (see `fork_prepare`). Here, not in a thread-local of its
+    /// own, so the child's handler reaches it with no lazy TLS set-up.
+    fork_depth: Cell<usize>,
 }
 
 /// The thread's counters are on the heap's registry.
@@ -62,12 +66,14 @@ const REGISTERED: u8 = 1;
 /// The thread-exit key is set for the thread.
 const EXIT_HOOK: u8 = 2;
 
+#[cfg(not(all(feature = "initial-exec-tls", target_arch = "x86_64")))]
 thread_local! {
     static CACHE: ThreadCache = const {
         ThreadCache {
             core: UnsafeCell::new(CacheCore::new(Mode::ThreadFresh)),
             stats: CacheStats::new(),
             flags: Cell::new(0),
+            fork_depth: Cell::new(0),
         }
     };
 }
@@ -75,9 +81,57 @@ thread_local! {
 /// The calling thread's cache. The closure is trivial on purpose: the
 /// thread-local access then inlines to one TLS-relative address wherever the
 /// allocator is inlined, instead of a call through the key's accessor.
+#[cfg(not(all(feature = "initial-exec-tls", target_arch = "x86_64")))]
 #[inline(always)]
 fn thread_cache() -> *const ThreadCache {
     CACHE.with(|tc| tc as *const ThreadCache)
+}
+
+// With the `initial-exec-tls` feature (for `libspanalloc.so`), the cache is
+// a block in `.tbss` reached in the initial-exec model: in a shared object
+// a `thread_local!` is general-dynamic on stable Rust, and its
+// `__tls_get_addr` may call `malloc` (glibc grows a thread's TLS vector
+// lazily after a `dlopen`), which would re-enter the allocator from inside
+// itself. `.tbss` is zero-filled: an all-zero `ThreadCache` is a fresh one
+// (`Mode::ThreadFresh` is 0, every stack empty and full, every pointer
+// null). The library must then be loaded at start-up (preloaded or
+// linked), not `dlopen`ed: it needs the static TLS block.
+#[cfg(all(feature = "initial-exec-tls", target_arch = "x86_64"))]
+core::arch::global_asm!(
+    ".pushsection .tbss,\"awT\",@nobits",
+    ".p2align 6",
+    ".globl spanalloc_thread_cache",
+    ".hidden spanalloc_thread_cache",
+    ".type spanalloc_thread_cache,@object",
+    ".size spanalloc_thread_cache, {size}",
+    "spanalloc_thread_cache:",
+    ".skip {size}",
+    ".popsection",
+    size = const size_of::<ThreadCache>(),
+);
+
+#[cfg(all(feature = "initial-exec-tls", target_arch = "x86_64"))]
+static_assertions::const_assert!(align_of::<ThreadCache>() <= 64);
+
+/// The calling thread's cache: the thread pointer plus the block's offset,
+/// which the GOT holds (one load, one add; no call).
+#[cfg(all(feature = "initial-exec-tls", target_arch = "x86_64"))]
+#[inline(always)]
+fn thread_cache() -> *const ThreadCache {
+    let p: *const ThreadCache;
+    // SAFETY: `fs:0` holds the thread pointer on x86-64 Linux, and the GOT
+    // entry holds the block's offset from it: the sum is this thread's
+    // block, alive as long as the thread. The result depends only on the
+    // thread, so the compiler may reuse it.
+    unsafe {
+        core::arch::asm!(
+            "mov {p}, qword ptr fs:[0]",
+            "add {p}, qword ptr [rip + spanalloc_thread_cache@GOTTPOFF]",
+            p = out(reg) p,
+            options(pure, readonly, nostack),
+        );
+    }
+    p
 }
 
 /// The host of a thread's cache: the static heap, the thread's counters.
@@ -366,16 +420,19 @@ fn fork_locks(lock: bool) {
     spin(crate::mcache::slot_lock_for_fork());
 }
 
-thread_local! {
-    /// Prepare handlers this thread ran without their parent or child
-    /// handler yet. The handlers may be registered twice (see
-    /// `process_hooks`); only the outermost pair takes and releases the
-    /// locks. Per thread: a `fork` on another thread still waits for them.
-    static FORK_DEPTH: Cell<usize> = const { Cell::new(0) };
+/// The calling thread's count of prepare handlers run. The handlers may be
+/// registered twice (see `process_hooks`); only the outermost pair takes
+/// and releases the locks. Per thread: a `fork` on another thread still
+/// waits for them.
+fn fork_depth() -> &'static Cell<usize> {
+    // SAFETY: the thread's block lives as long as the thread, which uses
+    // the reference at once.
+    unsafe { &(*thread_cache()).fork_depth }
 }
 
 extern "C" fn fork_prepare() {
-    let depth = FORK_DEPTH.with(|d| d.replace(d.get() + 1));
+    let d = fork_depth();
+    let depth = d.replace(d.get() + 1);
     if depth == 0 {
         fork_locks(true);
     }
@@ -390,7 +447,8 @@ extern "C" fn fork_child() {
 }
 
 fn fork_done() {
-    let depth = FORK_DEPTH.with(|d| d.replace(d.get().saturating_sub(1)));
+    let d = fork_depth();
+    let depth = d.replace(d.get().saturating_sub(1));
     if depth == 1 {
         fork_locks(false);
     }
