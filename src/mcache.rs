@@ -789,7 +789,7 @@ impl CacheCore {
             // SAFETY: as above, the span is live and ours.
             let span = unsafe { &*span };
             // The free that pushed it checked it is an object's start.
-            let idx = ((addr - span.base) as u64 * span.div_magic as u64 >> 32) as usize;
+            let idx = (((addr - span.base) as u64 * span.div_magic as u64) >> 32) as usize;
             if !span.free_object(idx) {
                 report::double_free(addr, span.elem_size as usize);
             }

@@ -97,7 +97,7 @@ pub unsafe fn free_sized(p: *mut u8, size: usize, align: usize) {
         return;
     }
     let usable = mcache::usable_size(p as usize);
-    if size > usable || (align > 1 && (p as usize) % align != 0) {
+    if size > usable || (align > 1 && !(p as usize).is_multiple_of(align)) {
         crate::report::layout_mismatch(p as usize, size, usable);
     }
     // SAFETY: the caller's contract; the size fits the object.

@@ -119,7 +119,7 @@ const fn build_c_lookup() -> [u8; MAX_SMALL / 8 + 1] {
     let mut i = 0;
     while i < table.len() {
         let c = table[i] as usize;
-        if i * 8 > 16 && SIZES[c] % 16 != 0 {
+        if i * 8 > 16 && !SIZES[c].is_multiple_of(16) {
             table[i] = (c + 1) as u8;
         }
         i += 1;
