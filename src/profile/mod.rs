@@ -1,0 +1,141 @@
+//! Sampled heap profiles in pprof form, as Go's `runtime.MemProfile` and
+//! `pprof.WriteHeapProfile`.
+//!
+//! ```no_run
+//! spanalloc::profile::set_rate(512 << 10); // one sample per 512 KiB, on average
+//! // ... run the workload ...
+//! let mut f = std::fs::File::create("/tmp/heap.pb.gz").unwrap();
+//! spanalloc::profile::write_pprof(&mut f).unwrap();
+//! // go tool pprof -top ./program /tmp/heap.pb.gz
+//! ```
+//!
+//! Profiling is off by default. With a rate of `R` bytes, allocations are
+//! sampled as in Go: a mean of one sample per `R` bytes allocated, with
+//! exponential gaps, so an object of `s` bytes is sampled with probability
+//! `1 − e^(−s/R)` and each sample stands for `1/(1 − e^(−s/R))` objects.
+//! The profile's values are those estimates: objects and bytes allocated
+//! and still in use, per call stack. Rate 1 records every allocation.
+//!
+//! # The parts
+//!
+//! ```text
+//!  alloc ─► Sampler::charge (per thread: sub, js) ─► Sampler::sampled (cold) ─► record: walk + table insert
+//!  free of a sampled object ─► unrecord: table remove
+//!  snapshot / write_pprof ─► copy the table out under its lock ─► encode (mappings, protobuf, gzip) outside it
+//! ```
+//!
+//! - `sampler`: the per-thread countdown, the exponential gaps, the
+//!   weights. Its fast path is the allocator's only cost while profiling
+//!   is off (two instructions; nothing on free).
+//! - `walk`: the frame-pointer stack walk and the thread stack bounds
+//!   that keep it safe.
+//! - `table`: live samples by address and counts by stack, in a bounded
+//!   mapping outside the heap, behind one lock.
+//! - `pprof`, `proto`, `gzip`, `mappings`: the snapshot type and the file.
+//! - `env`: the `SPANALLOC` environment variable.
+//! - `decode`: a pprof reader for tests.
+//!
+//! # Rules for the allocation path
+//!
+//! Recording a sample walks the stack and takes the table's lock: no
+//! allocation, no unwinder, no lock but that one, which the `fork`
+//! handlers take ([`for_each_lock`]). A thread-local "in profiler" count
+//! keeps the profiler from sampling its own allocations (the snapshot's
+//! and the encoder's), and the table lock is never held while anything
+//! allocates or frees: a snapshot sizes its buffer first, then copies
+//! under the lock.
+//!
+//! # Frame pointers
+//!
+//! Stacks are walked through frame pointers. Build the program with
+//! `RUSTFLAGS="-C force-frame-pointers=yes"` (std has them already), and
+//! keep symbols (`debug = "line-tables-only"`, `strip = false`) so pprof
+//! can name the functions.
+
+use core::cell::Cell;
+
+mod sampler;
+mod walk;
+
+pub use sampler::{MAX_RATE, PARKED, Sample, Sampler, weight};
+pub use walk::{MAX_DEPTH, StackBounds, thread_stack_bounds, walk};
+
+use crate::sync::unmodelled::{AtomicU64, Ordering};
+
+/// The rate Go uses, and a good one to turn profiling on with.
+pub const DEFAULT_RATE: u64 = 512 << 10;
+
+/// The sampling rate: mean bytes between samples; 0 is off.
+static RATE: AtomicU64 = AtomicU64::new(0);
+
+/// Per-thread profiler state: a `const` thread-local with no destructor,
+/// reachable at any time in a thread's life.
+struct ThreadState {
+    /// How deep this thread is inside the profiler (0: not).
+    depth: Cell<u32>,
+    /// The thread's stack bounds: `None` until looked up.
+    bounds: Cell<Option<StackBounds>>,
+}
+
+thread_local! {
+    static THREAD: ThreadState = const { ThreadState { depth: Cell::new(0), bounds: Cell::new(None) } };
+}
+
+
+// ---------------------------------------------------------------------------
+// The rate.
+
+/// Sets the sampling rate: a mean of one sample per `bytes` allocated
+/// (capped at 1 TiB); 0 turns profiling off, 1 records every allocation.
+/// Threads notice within their current sampling gap, or within 4 MiB of
+/// allocation while profiling was off.
+pub fn set_rate(bytes: u64) {
+    RATE.store(bytes.min(MAX_RATE), Ordering::Relaxed);
+}
+
+/// The sampling rate (0: off).
+#[inline]
+pub fn rate() -> u64 {
+    RATE.load(Ordering::Relaxed)
+}
+
+
+// ---------------------------------------------------------------------------
+// The allocator's hooks.
+
+/// Whether the calling thread is inside the profiler (its allocations are
+/// not sampled).
+#[inline]
+pub(crate) fn in_profiler() -> bool {
+    THREAD.with(|t| t.depth.get() != 0)
+}
+
+/// Marks the calling thread as inside the profiler while it lives.
+pub(crate) struct Guard(());
+
+impl Guard {
+    pub(crate) fn enter() -> Guard {
+        THREAD.with(|t| t.depth.set(t.depth.get() + 1));
+        Guard(())
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        THREAD.with(|t| t.depth.set(t.depth.get() - 1));
+    }
+}
+
+/// The calling thread's stack bounds, looked up on the first call and
+/// kept in a thread-local ([`StackBounds::EMPTY`] if they cannot be
+/// found).
+pub fn current_thread_bounds() -> StackBounds {
+    THREAD.with(|t| match t.bounds.get() {
+        Some(b) => b,
+        None => {
+            let b = thread_stack_bounds().unwrap_or(StackBounds::EMPTY);
+            t.bounds.set(Some(b));
+            b
+        }
+    })
+}
