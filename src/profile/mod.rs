@@ -55,18 +55,30 @@
 use core::cell::Cell;
 
 mod sampler;
+mod table;
 mod walk;
 
 pub use sampler::{MAX_RATE, PARKED, Sample, Sampler, weight};
+pub use table::Dropped;
 pub use walk::{MAX_DEPTH, StackBounds, thread_stack_bounds, walk};
 
+use crate::sync::Mutex;
 use crate::sync::unmodelled::{AtomicU64, Ordering};
+use table::Table;
 
+/// Live samples the table holds at most (a live heap of about 32 GiB at
+/// the default rate of 512 KiB).
+pub const LIVE_CAPACITY: u32 = 1 << 16;
+/// Call stacks the table holds at most.
+pub const STACK_CAPACITY: u32 = 1 << 12;
 /// The rate Go uses, and a good one to turn profiling on with.
 pub const DEFAULT_RATE: u64 = 512 << 10;
 
 /// The sampling rate: mean bytes between samples; 0 is off.
 static RATE: AtomicU64 = AtomicU64::new(0);
+
+/// The profile table.
+static TABLE: Mutex<Table> = Mutex::new(Table::new(LIVE_CAPACITY, STACK_CAPACITY));
 
 /// Per-thread profiler state: a `const` thread-local with no destructor,
 /// reachable at any time in a thread's life.
@@ -138,4 +150,78 @@ pub fn current_thread_bounds() -> StackBounds {
             b
         }
     })
+}
+
+/// Records the sampled object at `addr`: walks the stack and adds it to
+/// the table.
+///
+/// Inlined, so the first frame is the call site in the function that
+/// calls `record` (exact whatever the build flags; the frames above it
+/// need frame pointers); `skip` drops that many frames from the start.
+/// `bounds` is the stack the caller runs on; `None` means the thread's own
+/// (a coroutine must pass its stack's, or it gets no frames). Takes the
+/// table lock; never allocates. Does nothing inside the profiler.
+#[doc(hidden)]
+#[inline(always)]
+pub fn record(sample: Sample, addr: usize, skip: usize, bounds: Option<StackBounds>) {
+    if in_profiler() {
+        return;
+    }
+    let bounds = bounds.unwrap_or_else(current_thread_bounds);
+    let mut frames = [0usize; MAX_DEPTH];
+    let n = walk(bounds, skip, &mut frames);
+    record_frames(sample, addr, &frames[..n]);
+}
+
+/// [`record`] with the stack given (innermost first; at most 64 frames
+/// are kept), for callers that walked it themselves, and for tests.
+#[doc(hidden)]
+#[inline(never)]
+pub fn record_frames(sample: Sample, addr: usize, frames: &[usize]) {
+    let _guard = Guard::enter();
+    TABLE.lock().insert(addr, sample, frames);
+}
+
+/// The sampled object at `addr` was freed: drops its record. Returns
+/// whether `addr` was a recorded sample. Takes the table lock; never
+/// allocates. Call it only for objects known to be sampled (a free must
+/// not probe the table otherwise).
+#[doc(hidden)]
+#[inline(never)]
+pub fn unrecord(addr: usize) -> bool {
+    TABLE.lock().remove(addr)
+}
+
+/// The whole slow path for an allocator that samples after allocating:
+/// after [`Sampler::charge`] returned true for an object of `size` bytes
+/// now at `addr`, decide and record (the stack as for [`record`]: from
+/// the call site in the caller, less `skip` frames). Returns whether the
+/// object was recorded.
+#[doc(hidden)]
+#[inline(always)]
+pub fn sample_slow(sampler: &mut Sampler, size: usize, addr: usize, skip: usize, bounds: Option<StackBounds>) -> bool {
+    match sampler.sampled(size) {
+        Some(s) => {
+            record(s, addr, skip, bounds);
+            true
+        }
+        None => false,
+    }
+}
+
+/// The profile table's lock, for `fork` (take it in the prepare handler,
+/// release it in both the parent and the child).
+#[allow(dead_code)] // until global.rs's fork handlers take it
+pub(crate) fn for_each_lock(mut f: impl FnMut(&crate::sync::RawLock)) {
+    f(TABLE.raw());
+}
+
+/// Address space the profile table holds (0 until the first sample).
+pub fn metadata_bytes() -> usize {
+    TABLE.lock().mapped_bytes()
+}
+
+/// Live samples in the table.
+pub fn live_samples() -> u64 {
+    u64::from(TABLE.lock().live_samples())
 }
