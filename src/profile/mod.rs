@@ -32,7 +32,6 @@
 //! - `table`: live samples by address and counts by stack, in a bounded
 //!   mapping outside the heap, behind one lock.
 //! - `pprof`, `proto`, `gzip`, `mappings`: the snapshot type and the file.
-//! - `env`: the `SPANALLOC` environment variable.
 //! - `decode`: a pprof reader for tests.
 //!
 //! # Rules for the allocation path
@@ -53,11 +52,19 @@
 //! can name the functions.
 
 use core::cell::Cell;
+use std::io::{self, Write};
 
+pub mod decode;
+pub mod gzip;
+mod mappings;
+mod pprof;
+pub mod proto;
 mod sampler;
 mod table;
 mod walk;
 
+pub use mappings::{Mapping, current_mappings};
+pub use pprof::{DROP_FRAMES, NO_STACK_FRAME, OVERFLOW_FRAME, Profile, StackRecord};
 pub use sampler::{MAX_RATE, PARKED, Sample, Sampler, weight};
 pub use table::Dropped;
 pub use walk::{MAX_DEPTH, StackBounds, thread_stack_bounds, walk};
@@ -93,7 +100,6 @@ thread_local! {
     static THREAD: ThreadState = const { ThreadState { depth: Cell::new(0), bounds: Cell::new(None) } };
 }
 
-
 // ---------------------------------------------------------------------------
 // The rate.
 
@@ -110,7 +116,6 @@ pub fn set_rate(bytes: u64) {
 pub fn rate() -> u64 {
     RATE.load(Ordering::Relaxed)
 }
-
 
 // ---------------------------------------------------------------------------
 // The allocator's hooks.
@@ -225,3 +230,51 @@ pub fn metadata_bytes() -> usize {
 pub fn live_samples() -> u64 {
     u64::from(TABLE.lock().live_samples())
 }
+
+// ---------------------------------------------------------------------------
+// Snapshots and profiles.
+
+/// A snapshot of the heap profile: per call stack, the estimated objects
+/// and bytes allocated and still in use (as Go's `runtime.MemProfile`),
+/// with the process's mappings.
+pub fn snapshot() -> Profile {
+    let _guard = Guard::enter();
+    let (counts, dropped) = loop {
+        // Size the buffer without the lock held: allocating under it could
+        // free a sampled object, whose free takes the lock.
+        let n = TABLE.lock().stack_count();
+        let mut v = Vec::with_capacity(n + 16);
+        let t = TABLE.lock();
+        if t.copy_out(&mut v) {
+            break (v, t.dropped());
+        }
+    };
+    let records = counts
+        .iter()
+        .filter(|c| c.samples > 0)
+        .map(|c| StackRecord {
+            frames: c.frames[..c.depth as usize].to_vec(),
+            alloc_objects: c.alloc_objects.round() as u64,
+            alloc_bytes: c.alloc_bytes.round() as u64,
+            inuse_objects: c.inuse_objects.round() as u64,
+            inuse_bytes: c.inuse_bytes.round() as u64,
+            object_size: c.size,
+            samples: c.samples,
+            live_samples: u64::from(c.live),
+            overflow: c.overflow,
+        })
+        .collect();
+    let time_nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    Profile { rate: rate(), time_nanos, records, mappings: current_mappings(), dropped }
+}
+
+/// Writes the current heap profile in pprof form (gzipped protobuf), for
+/// `go tool pprof` and other pprof readers.
+pub fn write_pprof(out: &mut impl Write) -> io::Result<()> {
+    snapshot().write_pprof(out)
+}
+
+#[cfg(test)]
+mod tests;
