@@ -32,6 +32,7 @@
 //! - `table`: live samples by address and counts by stack, in a bounded
 //!   mapping outside the heap, behind one lock.
 //! - `pprof`, `proto`, `gzip`, `mappings`: the snapshot type and the file.
+//! - `env`: the `SPANALLOC` environment variable.
 //! - `decode`: a pprof reader for tests.
 //!
 //! # Rules for the allocation path
@@ -55,6 +56,7 @@ use core::cell::Cell;
 use std::io::{self, Write};
 
 pub mod decode;
+pub mod env;
 pub mod gzip;
 mod mappings;
 mod pprof;
@@ -274,6 +276,25 @@ pub fn snapshot() -> Profile {
 /// `go tool pprof` and other pprof readers.
 pub fn write_pprof(out: &mut impl Write) -> io::Result<()> {
     snapshot().write_pprof(out)
+}
+
+/// Applies `profile_rate` from `SPANALLOC` (see [`env`]), if it was given.
+pub fn apply_env() {
+    if let Some(r) = env::config().profile_rate {
+        set_rate(r);
+    }
+}
+
+/// Writes the heap profile to `profile_path` from `SPANALLOC`, if it was
+/// given (for an exit hook). Returns whether a profile was written.
+pub fn write_configured_profile() -> io::Result<bool> {
+    let Some(path) = env::config().profile_path() else { return Ok(false) };
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(path));
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    write_pprof(&mut f)?;
+    f.flush()?;
+    Ok(true)
 }
 
 #[cfg(test)]
