@@ -360,7 +360,10 @@ impl Table {
             }
             s = (s + 1) & mask;
         };
-        self.delete_live_slot(s, mask);
+        let lives = self.lives;
+        // SAFETY: the index has mask + 1 slots; its members are carved
+        // records.
+        unsafe { delete_slot(self.live_index, mask, s, |r| home(hash_addr((*lives.add(r as usize)).addr), mask)) };
         let rec = *self.live(r);
         self.live(r).stack = self.free_live;
         self.free_live = r;
@@ -423,28 +426,6 @@ impl Table {
             return Some(self.lives_carved - 1);
         }
         None
-    }
-
-    /// Empties slot `s` of the live index, shifting later members of its
-    /// probe run back so that every member stays reachable.
-    fn delete_live_slot(&mut self, mut s: usize, mask: usize) {
-        loop {
-            *self.live_slot(s) = 0;
-            let mut j = s;
-            loop {
-                j = (j + 1) & mask;
-                let v = *self.live_slot(j);
-                if v == 0 {
-                    return;
-                }
-                let k = home(hash_addr(self.live(v - 1).addr), mask);
-                if !cyclic_between(s, k, j) {
-                    *self.live_slot(s) = v;
-                    s = j;
-                    break;
-                }
-            }
-        }
     }
 
     // -----------------------------------------------------------------------
@@ -522,23 +503,10 @@ impl Table {
         while *self.stack_slot(s) != e + 1 {
             s = (s + 1) & mask;
         }
-        loop {
-            *self.stack_slot(s) = 0;
-            let mut j = s;
-            loop {
-                j = (j + 1) & mask;
-                let v = *self.stack_slot(j);
-                if v == 0 {
-                    return;
-                }
-                let k = home(self.entry_ref(v - 1).hash, mask);
-                if !cyclic_between(s, k, j) {
-                    *self.stack_slot(s) = v;
-                    s = j;
-                    break;
-                }
-            }
-        }
+        let entries = self.entries;
+        // SAFETY: the index has mask + 1 slots; its members are carved
+        // entries.
+        unsafe { delete_slot(self.stack_index, mask, s, |e| home((*entries.add(e as usize)).hash, mask)) };
     }
 
     fn idle_push(&mut self, e: u32) {
@@ -570,6 +538,35 @@ impl Table {
             self.idle_tail = prev;
         } else {
             self.entry(next).prev = prev;
+        }
+    }
+}
+
+/// Empties slot `s` of a linear-probing index whose slots hold a member
+/// plus one (0: empty), shifting later members of its probe run back so
+/// that every member stays reachable from its home slot (`home` of the
+/// member). No tombstones.
+///
+/// # Safety
+/// `index` must point at `mask + 1` slots.
+unsafe fn delete_slot(index: *mut u32, mask: usize, mut s: usize, home: impl Fn(u32) -> usize) {
+    // SAFETY: every slot touched is masked into the index.
+    unsafe {
+        loop {
+            *index.add(s) = 0;
+            let mut j = s;
+            loop {
+                j = (j + 1) & mask;
+                let v = *index.add(j);
+                if v == 0 {
+                    return;
+                }
+                if !cyclic_between(s, home(v - 1), j) {
+                    *index.add(s) = v;
+                    s = j;
+                    break;
+                }
+            }
         }
     }
 }
