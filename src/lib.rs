@@ -52,6 +52,8 @@ mod mheap;
 mod mspan;
 mod os;
 #[cfg(not(loom))]
+pub mod profile;
+#[cfg(not(loom))]
 #[doc(hidden)]
 pub mod raw;
 mod report;
