@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 export RUSTFLAGS="${RUSTFLAGS:-} -C force-frame-pointers=yes"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/frame-pointers"
 cargo test --lib profile
-cargo test --test profile_pprof --test profile_sampling --test profile_env
+SPANALLOC_FP_TESTS=1 cargo test --test profile_pprof --test profile_sampling --test profile_env --test profile_heap

@@ -28,7 +28,9 @@ fn c_align(size: usize) -> usize {
 /// as C requires; null when out of memory.
 #[inline]
 pub fn malloc(size: usize) -> *mut u8 {
-    thread::with_cache(|c, h| c.alloc_c(h, size))
+    // SAFETY: one operation on this thread's cache.
+    let (c, h) = unsafe { thread::current() };
+    c.alloc_c(&h, size)
 }
 
 /// `calloc(n, size)`: zeroed; null on overflow of `n * size` or when out of
@@ -80,7 +82,9 @@ pub unsafe fn free(p: *mut u8) {
     if p.is_null() {
         return;
     }
-    thread::with_cache(|c, h| c.free_unsized(h, p as usize))
+    // SAFETY: one operation on this thread's cache.
+    let (c, h) = unsafe { thread::current() };
+    c.free_unsized(&h, p as usize)
 }
 
 /// `free_sized(p, size)` / `free_aligned_sized(p, align, size)`: as

@@ -72,7 +72,7 @@ pub use table::Dropped;
 pub use walk::{MAX_DEPTH, StackBounds, thread_stack_bounds, walk};
 
 use crate::sync::Mutex;
-use crate::sync::unmodelled::{AtomicU64, Ordering};
+use crate::sync::unmodelled::{AtomicU64, AtomicUsize, Ordering};
 use table::Table;
 
 /// Live samples the table holds at most (a live heap of about 32 GiB at
@@ -107,10 +107,25 @@ thread_local! {
 
 /// Sets the sampling rate: a mean of one sample per `bytes` allocated
 /// (capped at 1 TiB); 0 turns profiling off, 1 records every allocation.
-/// Threads notice within their current sampling gap, or within 4 MiB of
-/// allocation while profiling was off.
+/// The calling thread follows at once; other threads at their next refill
+/// from a span (or within their current sampling gap, or 4 MiB of
+/// allocation while profiling was off, whichever comes first).
 pub fn set_rate(bytes: u64) {
     RATE.store(bytes.min(MAX_RATE), Ordering::Relaxed);
+    let hook = REARM.load(Ordering::Acquire);
+    if hook != 0 {
+        // SAFETY: only `fn()` addresses are stored there.
+        unsafe { core::mem::transmute::<usize, fn()>(hook)() };
+    }
+}
+
+/// What re-arms the calling thread's countdown (the thread layer's, which
+/// holds the countdowns), as a function address.
+static REARM: AtomicUsize = AtomicUsize::new(0);
+
+/// Registers the function [`set_rate`] calls to re-arm the calling thread.
+pub(crate) fn set_rearm_hook(f: fn()) {
+    REARM.store(f as usize, Ordering::Release);
 }
 
 /// The sampling rate (0: off).
@@ -124,7 +139,13 @@ pub fn rate() -> u64 {
 
 /// Whether the calling thread is inside the profiler (its allocations are
 /// not sampled).
-#[inline]
+///
+/// Out of line and cold on purpose: in a shared object this thread-local
+/// is reached through `__tls_get_addr`, which may call `malloc` (glibc
+/// grows a thread's TLS vector lazily after a `dlopen`), so it must run
+/// only when a sample is taken, never hoisted into the paths around it.
+#[cold]
+#[inline(never)]
 pub(crate) fn in_profiler() -> bool {
     THREAD.with(|t| t.depth.get() != 0)
 }
@@ -218,7 +239,6 @@ pub fn sample_slow(sampler: &mut Sampler, size: usize, addr: usize, skip: usize,
 
 /// The profile table's lock, for `fork` (take it in the prepare handler,
 /// release it in both the parent and the child).
-#[allow(dead_code)] // until global.rs's fork handlers take it
 pub(crate) fn for_each_lock(mut f: impl FnMut(&crate::sync::RawLock)) {
     f(TABLE.raw());
 }

@@ -195,6 +195,16 @@ impl Sampler {
         self.drawn_with = rate;
     }
 
+    /// A fresh exponential gap in bytes with mean `rate` (0 at rate 1),
+    /// from this sampler's random numbers: for countdowns kept elsewhere
+    /// (the allocator's per-class object countdowns: `⌊gap / size⌋`
+    /// objects of `size` bytes go unsampled before the next sampled one,
+    /// which makes each allocation a sample with probability exactly
+    /// `1 − e^(−size/rate)`).
+    pub(crate) fn draw_gap(&mut self, rate: u64) -> u64 {
+        if rate <= 1 { 0 } else { exp_gap(self.uniform_q(), rate) }
+    }
+
     /// A uniform integer in `1..=2^RANDOM_BITS`.
     fn uniform_q(&mut self) -> u64 {
         if self.rng == 0 {
