@@ -14,8 +14,9 @@
 //! program frees in, and each path takes one branch that is almost always
 //! predicted the same way: "stack empty" and "stack full". The stack's
 //! bounds are compared on the low 16 bits of its top pointer (`Bin`), as
-//! jemalloc's cache bins do, so a bin is 16 bytes and an all-zero bin is
-//! both empty and full (a thread's fresh cache needs no set-up to be safe).
+//! jemalloc's cache bins do; a bin (32 bytes) also holds the class's page
+//! tag and its heap-profile countdown, and an all-zero bin is both empty
+//! and full (a thread's fresh cache needs no set-up to be safe).
 //!
 //! Every path also checks, from the address alone (see [`crate::arena`]):
 //!
@@ -59,8 +60,9 @@
 //! to its own span, so producer / consumer programs stay bounded and
 //! threads never end up sharing cache lines they did not ask to share.
 //! What a cache may hold is bounded: per class a stack of at most
-//! [`stack_cap`] objects (32 KiB of objects, 4 to 256), a current span, a
-//! few spans with free objects, and up to `FULL_BATCH` used-up spans.
+//! [`stack_cap`] objects (32 KiB of objects, 4 to 256), a current span, and
+//! other spans (with free objects, used up, or wholly free) up to the
+//! class's hold budget (`hold_budget`: 1 MiB of spans, 2 to 128).
 
 use core::alloc::Layout;
 use core::ptr;
@@ -78,6 +80,7 @@ use crate::profile::{self, Sample, Sampler};
 use crate::report;
 use crate::sizeclass::{CLASSES, CLASSES_CONST, MAX_SMALL, NUM_CLASSES, PAGE_SIZE, c_class, class_of, small_class};
 use crate::stats::CacheStats;
+use crate::sync::atomic::AtomicU64;
 use crate::sync::unmodelled::Ordering;
 
 // ---------------------------------------------------------------------------
@@ -820,37 +823,57 @@ impl CacheCore {
             return host.fallback_dealloc(addr, info.size as usize, info.align as usize);
         }
         let heap = host.heap();
-        let (meta, span) = small_span_of(heap, addr, class);
-        if span.object_index(addr).is_none() {
-            report::interior_free(addr, span.elem_size as usize);
+        // What the page tag says (no span record yet): a small span of the
+        // class, and the object allocated (its start, not freed).
+        if !arena::small_object_in_arena(addr) {
+            bad_small_free(heap, addr, class);
+        }
+        // SAFETY: in an arena.
+        let meta = unsafe { arena::meta_unchecked(addr) };
+        let tag = meta.tag_at(addr);
+        if arena::tag_class(tag) != class {
+            bad_small_free(heap, addr, class);
         }
         let (alloc, bit) = meta.alloc_bit(addr);
-        let tag = meta.tag_at(addr);
+        if alloc.load(Ordering::Acquire) & bit == 0 {
+            not_allocated(heap, addr, class);
+        }
         let mine = self.bins[class].tag;
-        if tag != mine && host.sampled_free(addr, tag) {
+        if tag == mine {
+            return self.free_mine(host, class, addr, alloc, bit);
+        }
+        if meta.heap_id != heap.shared().mheap.id.load(Ordering::Relaxed) {
+            report::wrong_heap(addr);
+        }
+        if host.sampled_free(addr, tag) {
             host.stats().classes[class].frees.bump(1);
             return;
         }
-        if tag == mine || (tag == central_tag(mine) && self.adopt(heap, class, span)) {
-            let w = alloc.load(Ordering::Relaxed);
-            if w & bit == 0 {
-                report::double_free(addr, span.elem_size as usize);
-            }
-            alloc.store(w & !bit, Ordering::Relaxed);
-            if self.bins[class].is_full() {
-                self.flush_bin(heap, class);
-            }
-            let b = &mut self.bins[class];
-            // SAFETY: the stack is not full.
-            unsafe {
-                b.top.write(addr);
-                b.top = b.top.add(1);
-            }
-        } else {
-            let (remote, _) = meta.remote_bit(addr);
-            if span.free_remote(addr, alloc, remote, bit) {
-                heap.shared().central[class].notify(&heap.shared().mheap, span);
-            }
+        // SAFETY: the page's tag names a live small span, so its entry does.
+        let span = unsafe { &*meta.span_at(addr) };
+        if tag == central_tag(mine) && self.adopt(heap, class, span) {
+            return self.free_mine(host, class, addr, alloc, bit);
+        }
+        let (remote, _) = meta.remote_bit(addr);
+        if span.free_remote(addr, alloc, remote, bit) {
+            heap.shared().central[class].notify(&heap.shared().mheap, span);
+        }
+        host.stats().classes[class].frees.bump(1);
+        self.count_slow_free(host);
+    }
+
+    /// Frees an allocated object of a span this cache owns onto the stack
+    /// of `class`, flushing half of a full stack first.
+    fn free_mine<H: Host>(&mut self, host: &H, class: usize, addr: usize, alloc: &AtomicU64, bit: u64) {
+        alloc.store(alloc.load(Ordering::Relaxed) & !bit, Ordering::Relaxed);
+        if self.bins[class].is_full() {
+            self.flush_bin(host.heap(), class);
+        }
+        let b = &mut self.bins[class];
+        // SAFETY: the stack is not full.
+        unsafe {
+            b.top.write(addr);
+            b.top = b.top.add(1);
         }
         host.stats().classes[class].frees.bump(1);
         self.count_slow_free(host);
@@ -1162,6 +1185,18 @@ pub(crate) fn usable_size(addr: usize) -> usize {
         },
         None => report::invalid_free(addr),
     }
+}
+
+/// Reports the free of an address in a small span of `class` whose alloc
+/// bit is clear: not an object's start, or an object already free.
+#[cold]
+#[inline(never)]
+fn not_allocated(heap: &Heap, addr: usize, class: usize) -> ! {
+    let (_, span) = small_span_of(heap, addr, class);
+    if span.object_index(addr).is_none() {
+        report::interior_free(addr, span.elem_size as usize);
+    }
+    report::double_free(addr, span.elem_size as usize)
 }
 
 /// Aborts unless `addr` is a live (allocated, not freed) object of `class`

@@ -162,6 +162,11 @@ const OWNER_MERGE: Ordering = Ordering::AcqRel;
 const OWNER_MERGE: Ordering = Ordering::Relaxed;
 
 /// A span record. See the module docs.
+///
+/// The first cache line holds what a free from another thread reads (the
+/// span's geometry and `state`); the owner's view, which its refills and
+/// merges write, starts the second, so remote frees do not miss on the
+/// owner's writes.
 #[repr(C, align(64))]
 pub(crate) struct Span {
     /// First byte of the span's pages.
@@ -183,7 +188,6 @@ pub(crate) struct Span {
     /// Large spans: the object is a heap-profile sample (its free drops
     /// the record; it never enters a large-object cache).
     pub(crate) sampled: bool,
-    pub(crate) owned: UnsafeCell<Owned>,
     /// Free bitmap storage (`words` words, owner view; read only through
     /// `owned`). Bit `i` set: object `i` is free in the span.
     free_bits: *mut u64,
@@ -192,7 +196,13 @@ pub(crate) struct Span {
     pub(crate) state: AtomicU64,
     /// Link on the mcentral's notify stack.
     pub(crate) notify_next: UnsafeCell<*mut Span>,
+    pub(crate) owned: UnsafeCell<Owned>,
 }
+
+#[cfg(not(loom))]
+static_assertions::const_assert!(
+    core::mem::offset_of!(Span, state) < 64 && core::mem::offset_of!(Span, owned) >= 64
+);
 
 // SAFETY: a span is shared between threads by design; every mutable field
 // is an atomic or sits behind `UnsafeCell` with the ownership rules above.
@@ -492,6 +502,38 @@ impl Span {
         })
     }
 
+    /// Frees, in the owner view, the objects that start at the granules set
+    /// in `granules`, the span's object-bitmap word `w` (relative to its
+    /// first). Every granule must be an object's start (its `alloc` bit
+    /// was set). Returns how many it freed, or the address of one that was
+    /// free already.
+    fn free_granules(&self, w: usize, granules: u64) -> Result<u32, usize> {
+        let bits = self.free_bits;
+        let magic = self.div_magic as u64;
+        self.owned.with_mut(|o| {
+            let mut g = granules;
+            while g != 0 {
+                let off = w * 512 + g.trailing_zeros() as usize * 8;
+                g &= g - 1;
+                let idx = ((off as u64 * magic) >> 32) as usize;
+                debug_assert_eq!(Some(idx), self.object_index(self.base + off));
+                // SAFETY: the caller owns the span; an object's start gives
+                // an index below nelems, inside the bitmap.
+                unsafe {
+                    let word = bits.add(idx / 64);
+                    if *word & (1 << (idx % 64)) != 0 {
+                        return Err(self.base + off);
+                    }
+                    *word |= 1 << (idx % 64);
+                }
+            }
+            let n = granules.count_ones();
+            // SAFETY: as above.
+            unsafe { (*o).nfree += n };
+            Ok(n)
+        })
+    }
+
     /// Runs `f` on the index of every object-bitmap word (relative to the
     /// span's first word) that can hold the bit of one of the span's
     /// objects: every word for objects under 512 bytes, one per object
@@ -543,17 +585,9 @@ impl Span {
                 return;
             }
             alloc[w].store(a & !got, Ordering::Relaxed);
-            let mut g = got;
-            while g != 0 {
-                let addr = self.base + w * 512 + g.trailing_zeros() as usize * 8;
-                g &= g - 1;
-                match self.object_index(addr) {
-                    Some(idx) if self.free_object(idx) => merged += 1,
-                    _ => {
-                        bad = addr;
-                        return;
-                    }
-                }
+            match self.free_granules(w, got) {
+                Ok(n) => merged += n,
+                Err(addr) => bad = addr,
             }
         });
         if bad != 0 {

@@ -179,21 +179,30 @@ impl Host for ThreadHost {
         Some(p)
     }
 
+    #[inline]
     fn sampled_free(&self, addr: usize, tag: u32) -> bool {
         let index = PROFILED_INDEX.load(Ordering::Relaxed);
         if index == 0 || (tag & !TAG_CENTRAL) >> 7 != index {
             return false;
         }
-        let info = crate::sizeclass::CLASSES[crate::arena::tag_class(tag)];
-        let mut pc = PROFILED.lock();
-        // The record goes first: once the object is free, the profile's
-        // cache may hand it to the next sample, recorded again.
-        profile::unrecord(addr);
-        // SAFETY: the caller checked the pointer is an object of this class
-        // (the free checks it is live).
-        unsafe { pc.dealloc(&ProfileHost, addr as *mut u8, info.size as usize, 8) };
+        free_sample(addr, tag);
         true
     }
+}
+
+/// Frees a small object the heap profile sampled (its page tag is the
+/// profile cache's).
+#[cold]
+#[inline(never)]
+fn free_sample(addr: usize, tag: u32) {
+    let info = crate::sizeclass::CLASSES[crate::arena::tag_class(tag)];
+    let mut pc = PROFILED.lock();
+    // The record goes first: once the object is free, the profile's cache
+    // may hand it to the next sample, recorded again.
+    profile::unrecord(addr);
+    // SAFETY: the caller checked the pointer is an object of this class (the
+    // free checks it is live).
+    unsafe { pc.dealloc(&ProfileHost, addr as *mut u8, info.size as usize, 8) };
 }
 
 // ---------------------------------------------------------------------------

@@ -105,7 +105,9 @@ fn rates_are_capped_and_reported() {
 
 #[inline(never)]
 fn probe_inner(out: &mut [usize]) -> usize {
-    walk(current_thread_bounds(), 0, out)
+    // Used after the call, so an optimized build cannot make it a tail
+    // call (whose return address would be in the caller's caller).
+    core::hint::black_box(walk(current_thread_bounds(), 0, out))
 }
 
 #[inline(never)]
