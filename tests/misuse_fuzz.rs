@@ -27,12 +27,19 @@
 //! The combination follows from the seed (`seed % combinations`), so
 //! consecutive seeds cover all of them.
 //!
-//! After the double free the workers churn on (allocating the victim's
-//! layout often, since a free by the owner after another thread's is only
-//! noticed when its cache hands the object out again or merges its span),
-//! then free everything and exit, and the process releases its memory: the
-//! exit flushes and the release merge every span. A child that gets there
-//! was not stopped: it prints `fuzz-no-abort` and exits with status 3.
+//! After the double free the workers churn on, then free everything and
+//! exit, and the process releases its memory: the exits flush every cache
+//! and the release merges every span. A free by the owner after another
+//! thread's is only noticed when the owner's cache hands the object out
+//! again, or merges or gives back its span, so the seed also varies what
+//! comes after: in two trials in three the workers allocate the victim's
+//! layout often; in one in five the thread that made the second free exits
+//! at once. In one trial in six every worker sleeps past a scavenger tick
+//! (250 ms) during the churn, and in one in six right after the first free,
+//! so that the next slow paths trim the caches and retire empty spans; in
+//! one in five the first free of a small victim is a `realloc` that moves
+//! it to another class. A child that gets to its end was not stopped: it
+//! prints `fuzz-no-abort` and exits with status 3.
 //!
 //! # Handed out twice
 //!
@@ -79,8 +86,9 @@
 //!   the frees: `after-allocs`, or when the wrapper saw an allocation
 //!   overlap the victim.
 //!
-//! The tests print, per kind and combination, how many trials there were
-//! and which report each ended in.
+//! The tests print, per kind and combination, how many trials there were,
+//! which report each ended in, and how many were caught only after the
+//! second free had returned.
 //!
 //! # Running
 //!
@@ -519,6 +527,14 @@ struct Plan {
     /// The first free is a `realloc` of a small victim to another class
     /// (which moves it) rather than a `dealloc`.
     first_by_realloc: bool,
+    /// After the double free, the workers allocate the victim's layout
+    /// often (its owner's cache then hands out the object again soon);
+    /// else only as the random mix does, and the allocator has to catch
+    /// the double free when it merges or flushes.
+    bias_after: bool,
+    /// The thread that made the second free exits at once (its cache's
+    /// flush has to catch the double free, or leave it to be caught).
+    quit_after: bool,
 }
 
 /// Longer than spanalloc's scavenger tick (250 ms).
@@ -546,7 +562,23 @@ impl Plan {
         let pause_before = (rng.below(6) == 0).then(|| rng.below(before[0] as u64) as usize);
         let pause_mid = rng.below(6) == 0;
         let first_by_realloc = rng.below(5) == 0;
-        Plan { kind, combo, workers, before, after, owner, first, second, pause_before, pause_mid, first_by_realloc }
+        let bias_after = rng.below(3) != 0;
+        let quit_after = rng.below(5) == 0;
+        Plan {
+            kind,
+            combo,
+            workers,
+            before,
+            after,
+            owner,
+            first,
+            second,
+            pause_before,
+            pause_mid,
+            first_by_realloc,
+            bias_after,
+            quit_after,
+        }
     }
 }
 
@@ -567,6 +599,8 @@ struct Obj {
 struct Shared {
     plan: Plan,
     barrier: Barrier,
+    /// The last meeting: every worker but one that quit early.
+    end: Barrier,
     /// The victim, once its owner picked it.
     victim: Mutex<Option<Obj>>,
     /// Every worker object's range: start → (end, id).
@@ -581,6 +615,8 @@ struct Worker<'a> {
     next_id: u64,
     inbox: Receiver<Obj>,
     peers: Vec<Sender<Obj>>,
+    /// A worker that has stopped taking objects.
+    gone: Option<usize>,
     sh: &'a Shared,
 }
 
@@ -685,6 +721,9 @@ impl Worker<'_> {
     fn hand_over(&mut self, obj: Obj) {
         let n = self.peers.len();
         let to = (self.me + 1 + self.rng.below(n as u64 - 1) as usize) % n;
+        if Some(to) == self.gone {
+            return self.free(obj);
+        }
         self.peers[to].send(obj).expect("a peer's inbox");
     }
 
@@ -878,6 +917,9 @@ fn free_victim(v: &Obj) {
 fn run_worker(mut w: Worker) {
     let sh = w.sh;
     let plan = &sh.plan;
+    // Reports name the thread (its kernel id).
+    // SAFETY: gettid has no preconditions.
+    say(format_args!("fuzz-thread worker={} tid={}", w.me, unsafe { libc::gettid() }));
     match plan.pause_before {
         Some(at) if at < plan.before[w.me] => {
             w.churn(at, None);
@@ -929,6 +971,7 @@ fn run_worker(mut w: Worker) {
         }
         if plan.kind == Kind::AtOnce {
             free_victim(&v);
+            say(format_args!("fuzz-second-free-returned"));
         }
     }
     sh.barrier.wait();
@@ -948,14 +991,22 @@ fn run_worker(mut w: Worker) {
         }
         say(format_args!("fuzz-double-free reused={}", (seen & watch::OVERLAP != 0) as u8));
         free_victim(&v);
+        say(format_args!("fuzz-second-free-returned"));
     }
     sh.barrier.wait();
-    w.churn(plan.after, Some(v.layout));
-    sh.barrier.wait(); // nobody sends any more
+    if plan.quit_after {
+        // Nobody sends to the quitter from now on.
+        w.gone = Some(plan.second);
+    }
+    if w.gone != Some(w.me) {
+        w.churn(plan.after, plan.bias_after.then_some(v.layout));
+        sh.end.wait(); // nobody sends any more
+    }
     w.drain_inbox();
     while let Some(obj) = w.live.pop() {
         w.free(obj);
     }
+    say(format_args!("fuzz-worker-done worker={}", w.me));
 }
 
 fn child(kind: Kind, seed: u64) -> ! {
@@ -972,7 +1023,7 @@ fn child(kind: Kind, seed: u64) -> ! {
     let plan = Plan::new(kind, seed);
     say(format_args!(
         "fuzz-plan kind={} seed={seed} combo={} workers={} before={:?} after={} pause_before={:?} pause_mid={} \
-         first_by_realloc={}",
+         first_by_realloc={} bias_after={} quit_after={}",
         kind.name(),
         plan.combo,
         plan.workers,
@@ -980,12 +1031,21 @@ fn child(kind: Kind, seed: u64) -> ! {
         plan.after,
         plan.pause_before,
         plan.pause_mid,
-        plan.first_by_realloc
+        plan.first_by_realloc,
+        plan.bias_after,
+        plan.quit_after
     ));
     let n = plan.workers;
-    let sh = Shared { barrier: Barrier::new(n), plan, victim: Mutex::new(None), ranges: Mutex::new(BTreeMap::new()) };
+    let sh = Shared {
+        barrier: Barrier::new(n),
+        end: Barrier::new(n - plan.quit_after as usize),
+        plan,
+        victim: Mutex::new(None),
+        ranges: Mutex::new(BTreeMap::new()),
+    };
     let (txs, rxs): (Vec<Sender<Obj>>, Vec<Receiver<Obj>>) = (0..n).map(|_| channel()).unzip();
     std::thread::scope(|s| {
+        let mut workers = Vec::new();
         for (me, inbox) in rxs.into_iter().enumerate() {
             let w = Worker {
                 me,
@@ -995,11 +1055,25 @@ fn child(kind: Kind, seed: u64) -> ! {
                 next_id: 0,
                 inbox,
                 peers: txs.clone(),
+                gone: None,
                 sh: &sh,
             };
-            std::thread::Builder::new().name(format!("worker-{me}")).spawn_scoped(s, move || run_worker(w)).unwrap();
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("worker-{me}"))
+                    .spawn_scoped(s, move || run_worker(w))
+                    .unwrap(),
+            );
+        }
+        // Joined, not just waited for: the scope ends when the workers'
+        // closures return, a join when their threads are gone, after the
+        // thread-exit flush of their caches (which may be what catches the
+        // double free).
+        for w in workers {
+            w.join().unwrap();
         }
     });
+    say(format_args!("fuzz-joined"));
     if INNER == Inner::SpanAlloc {
         spanalloc::release();
     }
@@ -1108,11 +1182,16 @@ struct Tally {
     other_span: u64,
     excluded: u64,
     failed: u64,
+    /// Caught after the second free returned.
+    later: u64,
 }
 
 impl Tally {
-    fn add(&mut self, v: &Verdict) {
+    fn add(&mut self, v: &Verdict, later: bool) {
         self.trials += 1;
+        if later && matches!(v, Verdict::DoubleFree | Verdict::PagesGone | Verdict::OtherSpan) {
+            self.later += 1;
+        }
         match v {
             Verdict::DoubleFree => self.double_free += 1,
             Verdict::PagesGone => self.pages_gone += 1,
@@ -1131,9 +1210,10 @@ impl std::fmt::Display for Tally {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         write!(
             f,
-            "{:3} trials, {:3} caught ({} double free, {} pages gone, {} other span), {:2} excluded, {} failed",
+            "{:3} trials, {:3} caught ({} later; {} double free, {} pages gone, {} other span), {:2} excluded, {} failed",
             self.trials,
             self.caught(),
+            self.later,
             self.double_free,
             self.pages_gone,
             self.other_span,
@@ -1175,6 +1255,9 @@ fn fuzz(kind: Kind) {
     for &seed in &seeds {
         let out = run_child(TRIAL_VAR, &format!("{}:{seed}", kind.name()));
         let (combo, verdict) = judge(kind, &out);
+        // Caught after the second free returned: at a later allocation,
+        // merge or flush.
+        let later = line_after(&String::from_utf8_lossy(&out.stdout), "fuzz-second-free-returned").is_some();
         if one.is_some() {
             eprintln!(
                 "child stdout:\n{}\nchild stderr:\n{}\nstatus: {}\nverdict: {verdict:?}",
@@ -1183,8 +1266,8 @@ fn fuzz(kind: Kind) {
                 out.status
             );
         }
-        total.add(&verdict);
-        by_combo.entry(combo.clone()).or_default().add(&verdict);
+        total.add(&verdict, later);
+        by_combo.entry(combo.clone()).or_default().add(&verdict, later);
         if let Verdict::Failed(why) = verdict {
             let victim = line_after(&String::from_utf8_lossy(&out.stdout), "fuzz-victim ").unwrap_or("").to_string();
             failures.push(format!(
