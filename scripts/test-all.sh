@@ -9,6 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== unit, integration and doc tests"
 cargo build --release --workspace
+# Among them the double-free fuzz (tests/misuse_fuzz.rs), which prints its
+# per-kind summary; SPANALLOC_FUZZ_TRIALS=n runs n trials of each kind.
 cargo test --all-features --all-targets
 cargo test --all-features --doc
 # The heap profile with frame pointers (the stack walk needs them).
