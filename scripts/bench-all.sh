@@ -2,7 +2,7 @@
 # Everything behind the README's benchmark section, in one go (about 45
 # minutes on a 2-core machine with RUNS=3). The benchmarks are the crate in benches/
 # (a workspace of its own, target directory benches/target). In order: the
-# allocation benchmarks (benches/benches/alloc.rs and the five rust_mix
+# allocation benchmarks (benches/benches/alloc.rs and the six rust_mix
 # binaries) RUNS times, each run's criterion results copied to
 # benches/target/bench-runs/N; the stack benchmarks once; the ratio table
 # over all runs; the instruction counts (callgrind: LIFO, batch and

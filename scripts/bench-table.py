@@ -7,7 +7,9 @@ and, for the stack rows, `--bench stacks`); this reads the median of every
 benchmark in benches/target/criterion/ and prints, per benchmark,
 spanalloc's time and its ratio to the fastest peer and to mimalloc (below
 1.0 means spanalloc is faster). A group that lacks one of the five
-allocators is reported on stderr.
+allocators is reported on stderr. Groups that also ran spanalloc with its
+heap profile on (`spanalloc_profiled`) get a second table: the profile's
+cost as a ratio of times.
 
 Given several criterion directories (copies of target/criterion from
 repeated runs), it prints each ratio as the median over the runs with the
@@ -101,6 +103,22 @@ def main():
         if ours is not None and fresh is not None:
             print(f"| {group} | {fmt_time(ours)} | fresh mapping {fmt_time(fresh)} "
                   f"| {ours / fresh:.4f} ({fresh / ours:.0f}x faster) | - |")
+    # The heap profile's cost: spanalloc with profiling on at 512 KiB
+    # against spanalloc with it off, in the groups that run both.
+    rows = []
+    for group in groups(roots[0]):
+        ratios = []
+        for root in roots:
+            on, off = median_ns(root, group, "spanalloc_profiled"), median_ns(root, group, "spanalloc")
+            if on is not None and off is not None:
+                ratios.append(on / off)
+        if ratios:
+            rows.append(f"| {group} | {spread(ratios)} |")
+    if rows:
+        print()
+        print("| benchmark | profiling on (512 KiB) / off |")
+        print("|---|---|")
+        print("\n".join(rows))
 
 
 if __name__ == "__main__":

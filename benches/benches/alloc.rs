@@ -473,6 +473,22 @@ fn rptest<A: GlobalAlloc + Sync + 'static>(a: &'static A) -> impl FnMut(&mut Ben
 }
 
 // ---------------------------------------------------------------------------
+// 12. The heap profile's cost.
+
+/// The function id of spanalloc with heap profiling on, in the churn groups.
+const PROFILED: &str = "spanalloc_profiled";
+
+/// `f` with spanalloc's heap profile on at its default rate (a sample per
+/// 512 KiB on average) while it runs, and off again after.
+fn profiled(mut f: impl FnMut(&mut Bencher<'_>)) -> impl FnMut(&mut Bencher<'_>) {
+    move |b| {
+        spanalloc::profile::set_rate(512 << 10);
+        f(b);
+        spanalloc::profile::set_rate(0);
+    }
+}
+
+// ---------------------------------------------------------------------------
 
 fn benches(c: &mut Criterion) {
     let per = Some;
@@ -504,12 +520,14 @@ fn benches(c: &mut Criterion) {
     for (name, touch) in [("touched", true), ("alone", false)] {
         let mut g = group(c, &format!("churn_simple/{name}"), 50, 2, per(1));
         side_by_side!(&mut g, churn_simple(touch));
+        g.bench_function(PROFILED, profiled(churn_simple(&SPANALLOC, touch)));
         g.finish();
     }
 
     for threads in [2, 4] {
         let mut g = group(c, &format!("churn_thread/{threads}"), 20, 3, per(threads as u64));
         side_by_side!(&mut g, churn_thread(threads));
+        g.bench_function(PROFILED, profiled(churn_thread(&SPANALLOC, threads)));
         g.finish();
     }
 

@@ -3,7 +3,8 @@
 // ...). Each of them installs its allocator as `#[global_allocator]` and
 // names it in `ALLOCATOR` before including this file, so every
 // allocation of the program (criterion's own included) goes through it.
-// The five binaries fill the same criterion groups, with the allocator as
+// The binaries (one more, `spanalloc_profiled.rs`, with spanalloc's heap
+// profile on) fill the same criterion groups, with the allocator as
 // the function id:
 //
 // - `rust_mix/hashmap_words`: 200,000 generated words (3–10 lowercase
@@ -81,6 +82,11 @@ fn format_sort() -> usize {
 type Workload = fn() -> usize;
 
 fn benches(c: &mut Criterion) {
+    // The binary that measures the heap profile's cost: spanalloc with
+    // profiling on at its default rate (a sample per 512 KiB on average).
+    if ALLOCATOR == "spanalloc_profiled" {
+        spanalloc::profile::set_rate(512 << 10);
+    }
     let workloads: [(&str, Workload); 3] =
         [("hashmap_words", hashmap_words), ("btree_churn", btree_churn), ("format_sort", format_sort)];
     for (name, workload) in workloads {
