@@ -405,8 +405,12 @@ impl CacheCore {
         // SAFETY: as above, the object is in an arena.
         let meta = unsafe { arena::meta_unchecked(addr) };
         let (word, n) = meta.alloc_word(addr);
+        // The remote word is read before the alloc word is written: it lies
+        // a multiple of 4 KiB beyond, and a load that follows a store to
+        // the same page offset waits for it (4K aliasing).
+        let remote = meta.remote_word(addr).load(Ordering::Relaxed);
         word.store(word.load(Ordering::Relaxed) | 1 << n, Ordering::Relaxed);
-        if (meta.remote_word(addr).load(Ordering::Relaxed) >> n) & 1 != 0 {
+        if (remote >> n) & 1 != 0 {
             // Freed by another thread before its owner freed it again.
             report::double_free(addr, CLASSES[class].size as usize);
         }
@@ -441,8 +445,9 @@ impl CacheCore {
             if meta.tag_at(addr) == b.tag {
                 let (word, n) = meta.alloc_word(addr);
                 let w = word.load(Ordering::Relaxed);
-                if (w >> n) & 1 != 0 {
-                    word.store(w & !(1 << n), Ordering::Relaxed);
+                let cleared = w & !(1 << n);
+                if cleared != w {
+                    word.store(cleared, Ordering::Relaxed);
                     // SAFETY: the stack is not full.
                     unsafe {
                         top.write(addr);
@@ -511,8 +516,9 @@ impl CacheCore {
             if tag == b.tag && !b.is_full() {
                 let (word, n) = meta.alloc_word(addr);
                 let w = word.load(Ordering::Relaxed);
-                if (w >> n) & 1 != 0 {
-                    word.store(w & !(1 << n), Ordering::Relaxed);
+                let cleared = w & !(1 << n);
+                if cleared != w {
+                    word.store(cleared, Ordering::Relaxed);
                     // SAFETY: the stack is not full.
                     unsafe {
                         top.write(addr);

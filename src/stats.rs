@@ -14,8 +14,10 @@ use core::ptr;
 use crate::sizeclass::{CLASSES, NUM_CLASSES, PAGE_SIZE};
 use crate::sync::unmodelled::Counter;
 
-/// One class's counters in one cache, on a line of their own.
-#[repr(C, align(64))]
+/// One class's counters in one cache: 16 bytes, so that the classes a
+/// program uses share a few cache lines (only the cache's own thread
+/// writes them; readers are rare).
+#[repr(C)]
 pub(crate) struct ClassCounters {
     pub(crate) mallocs: Counter,
     pub(crate) frees: Counter,
