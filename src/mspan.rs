@@ -200,9 +200,7 @@ pub(crate) struct Span {
 }
 
 #[cfg(not(loom))]
-static_assertions::const_assert!(
-    core::mem::offset_of!(Span, state) < 64 && core::mem::offset_of!(Span, owned) >= 64
-);
+static_assertions::const_assert!(core::mem::offset_of!(Span, state) < 64 && core::mem::offset_of!(Span, owned) >= 64);
 
 // SAFETY: a span is shared between threads by design; every mutable field
 // is an atomic or sits behind `UnsafeCell` with the ownership rules above.

@@ -245,7 +245,9 @@ mod tests {
                 assert_eq!(info.size % 16, 0, "size {size} got class {c} of {} bytes", info.size);
             }
             // The smallest class that does so.
-            assert!(c == 1 || CLASSES[c - 1].size < size as u32 || (size >= 16 && !CLASSES[c - 1].size.is_multiple_of(16)));
+            assert!(
+                c == 1 || CLASSES[c - 1].size < size as u32 || (size >= 16 && !CLASSES[c - 1].size.is_multiple_of(16))
+            );
         }
     }
 

@@ -106,6 +106,8 @@ fn every_module_reaches_only_below_itself() {
 
 #[test]
 fn the_check_sees_an_upward_reference() {
-    let text = production_text("use crate::heap::Heap;\n// crate::global in a comment\n#[cfg(test)]\nmod tests { use crate::thread; }");
+    let text = production_text(
+        "use crate::heap::Heap;\n// crate::global in a comment\n#[cfg(test)]\nmod tests { use crate::thread; }",
+    );
     assert_eq!(references(&text), BTreeSet::from(["heap".to_string()]));
 }
