@@ -34,6 +34,7 @@ echo
 cd "$root"
 scripts/lifo-instructions.sh
 PATTERN=batch SIZES="64 1024" scripts/lifo-instructions.sh
+PATTERN=remote SIZES=64 scripts/lifo-instructions.sh
 PATTERN=simple-touched scripts/lifo-instructions.sh
 PATTERN=simple-alone scripts/lifo-instructions.sh
 echo

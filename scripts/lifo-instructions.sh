@@ -3,7 +3,8 @@
 # peers through the same GlobalAlloc harness
 # (benches/examples/lifo_instructions.rs, built in the benchmark crate).
 # PATTERN=lifo (default: an alloc+free pair), batch (1,000 allocations, then
-# 1,000 frees; per pair), simple-touched or simple-alone (a churn_simple
+# 1,000 frees; per pair), remote (allocated here, freed on another thread;
+# per object), simple-touched or simple-alone (a churn_simple
 # step: a random slot of 64 freed and refilled with 16-512 B; per step, the
 # size column is "-"). Prints one row per allocator and size: the
 # difference between two counts, which cancels start-up and set-up.

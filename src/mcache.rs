@@ -437,29 +437,40 @@ impl CacheCore {
     #[inline(always)]
     pub(crate) fn dealloc_class<H: Host>(&mut self, host: &H, class: usize, addr: usize) {
         // SAFETY: classes are below NUM_CLASSES.
-        let b = unsafe { self.bins.get_unchecked_mut(class) };
-        let top = b.top;
+        let b = unsafe { self.bins.get_unchecked(class) };
         if !b.is_full() && arena::small_object_in_arena(addr) {
             // SAFETY: in an arena.
             let meta = unsafe { arena::meta_unchecked(addr) };
-            if meta.tag_at(addr) == b.tag {
-                let (word, n) = meta.alloc_word(addr);
-                let w = word.load(Ordering::Relaxed);
-                let cleared = w & !(1 << n);
-                if cleared != w {
-                    word.store(cleared, Ordering::Relaxed);
-                    // SAFETY: the stack is not full.
-                    unsafe {
-                        top.write(addr);
-                        b.top = top.add(1);
-                    }
-                    // SAFETY: classes are below NUM_CLASSES.
-                    unsafe { host.stats().classes.get_unchecked(class) }.frees.bump(1);
-                    return;
-                }
+            if meta.tag_at(addr) == b.tag && self.push_allocated(host, class, meta, addr) {
+                return;
             }
         }
         self.dealloc_slow(host, class, addr)
+    }
+
+    /// The end of a fast free, once the object is known to be in a span
+    /// this cache holds for `class` and its stack has room: if the object
+    /// is allocated, clears its `alloc` bit and pushes it. False (and
+    /// nothing changed) if it is not allocated.
+    #[inline(always)]
+    fn push_allocated<H: Host>(&mut self, host: &H, class: usize, meta: &ArenaMeta, addr: usize) -> bool {
+        let (word, n) = meta.alloc_word(addr);
+        let w = word.load(Ordering::Relaxed);
+        let cleared = w & !(1 << n);
+        if cleared == w {
+            return false;
+        }
+        word.store(cleared, Ordering::Relaxed);
+        // SAFETY: classes are below NUM_CLASSES.
+        let b = unsafe { self.bins.get_unchecked_mut(class) };
+        // SAFETY: the caller checked that the stack is not full.
+        unsafe {
+            b.top.write(addr);
+            b.top = b.top.add(1);
+        }
+        // SAFETY: classes are below NUM_CLASSES.
+        unsafe { host.stats().classes.get_unchecked(class) }.frees.bump(1);
+        true
     }
 
     /// Allocations the size-class fast path does not take: alignments
@@ -511,23 +522,9 @@ impl CacheCore {
             let tag = meta.tag_at(addr);
             let class = arena::tag_class(tag);
             // SAFETY: classes are below NUM_CLASSES.
-            let b = unsafe { self.bins.get_unchecked_mut(class) };
-            let top = b.top;
-            if tag == b.tag && !b.is_full() {
-                let (word, n) = meta.alloc_word(addr);
-                let w = word.load(Ordering::Relaxed);
-                let cleared = w & !(1 << n);
-                if cleared != w {
-                    word.store(cleared, Ordering::Relaxed);
-                    // SAFETY: the stack is not full.
-                    unsafe {
-                        top.write(addr);
-                        b.top = top.add(1);
-                    }
-                    // SAFETY: classes are below NUM_CLASSES.
-                    unsafe { host.stats().classes.get_unchecked(class) }.frees.bump(1);
-                    return;
-                }
+            let b = unsafe { self.bins.get_unchecked(class) };
+            if tag == b.tag && !b.is_full() && self.push_allocated(host, class, meta, addr) {
+                return;
             }
             if class != 0 {
                 return self.dealloc_slow(host, class, addr);

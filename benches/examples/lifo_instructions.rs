@@ -5,6 +5,9 @@
 //! - `lifo`: an alloc+free pair of `size` bytes;
 //! - `batch`: 1,000 allocations of `size` bytes followed by 1,000 frees, `n`
 //!   counting pairs;
+//! - `remote`: an allocation of `size` bytes here and its free on another
+//!   thread (rounds of 100,000: this thread allocates them, a new thread
+//!   frees them all), `n` counting objects;
 //! - `simple-touched`, `simple-alone`: a step of `churn_simple` (64 slots,
 //!   a random slot's object freed and one of 16–512 B allocated in its
 //!   place; see `benches/alloc.rs`), `size` ignored.
@@ -41,6 +44,29 @@ fn batch<A: GlobalAlloc>(a: &A, size: usize, n: usize) {
             // SAFETY: freed with the layout it was allocated with.
             unsafe { a.dealloc(black_box(p), layout) };
         }
+    }
+}
+
+/// `n / 100,000` rounds: 100,000 allocations of `size` bytes on this
+/// thread, then all of them freed on a thread of their own.
+#[inline(never)]
+fn remote<A: GlobalAlloc + Sync>(a: &A, size: usize, n: usize) {
+    const ROUND: usize = 100_000;
+    let layout = black_box(Layout::from_size_align(size, 8).unwrap());
+    let mut ptrs = vec![0usize; ROUND];
+    for _ in 0..n / ROUND {
+        for p in ptrs.iter_mut() {
+            // SAFETY: a non-zero size.
+            *p = unsafe { a.alloc(layout) } as usize;
+        }
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for &p in &ptrs {
+                    // SAFETY: freed with the layout it was allocated with.
+                    unsafe { a.dealloc(black_box(p as *mut u8), layout) };
+                }
+            });
+        });
     }
 }
 
@@ -81,10 +107,11 @@ impl WithAllocator for Pattern<'_> {
         match self.name {
             "lifo" => lifo(a, self.size(), self.n),
             "batch" => batch(a, self.size(), self.n),
+            "remote" => remote(a, self.size(), self.n),
             "simple-touched" => churn::Churn::new(a, 1).steps::<true>(self.n as u64),
             "simple-alone" => churn::Churn::new(a, 1).steps::<false>(self.n as u64),
             other => {
-                eprintln!("lifo_instructions: unknown pattern {other} (lifo, batch, simple-touched, simple-alone)");
+                eprintln!("lifo_instructions: unknown pattern {other} (lifo, batch, remote, simple-touched, simple-alone)");
                 std::process::exit(2);
             }
         }
@@ -98,7 +125,7 @@ fn main() {
         [_, w, s, n, p] => (w, s, n, p.as_str()),
         _ => {
             eprintln!(
-                "usage: lifo_instructions <{}> <size> <count> [lifo|batch|simple-touched|simple-alone]",
+                "usage: lifo_instructions <{}> <size> <count> [lifo|batch|remote|simple-touched|simple-alone]",
                 ALLOCATORS.join("|")
             );
             std::process::exit(2);
