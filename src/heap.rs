@@ -7,10 +7,15 @@
 //! models and runtimes can make their own and allocate from it through
 //! [`crate::MCache`]s (`Heap::cache`).
 //!
-//! The heap also decides when the scavenger runs: [`Heap::maybe_tick`] is
-//! called from the caches' slow paths and does the work of a tick (empty
-//! spans back to the mheap, pages free since the last tick back to the OS)
-//! at most every [`crate::mheap::TICK_MS`].
+//! The heap also decides when the scavenger runs. A tick (every third of
+//! the decay, [`crate::mheap::tick_period_ms`]) gives the mcentrals' empty
+//! spans back to the mheap, releases the pages that stayed free for the
+//! decay and ages the others ([`Heap::tick`]). The global heap's ticks run
+//! on its background releaser (`scavenger`), which sleeps while there is
+//! nothing to release; [`Heap::maybe_tick`], called from the caches' slow
+//! paths, only starts or wakes it. Other heaps, and the global one while
+//! background release is off, tick on those slow paths instead, a few
+//! batches at a time. [`Heap::release`] gives back everything at once.
 //!
 //! # Where a heap lives
 //!
@@ -25,10 +30,10 @@
 use core::ptr;
 
 use crate::mcentral::MCentral;
-use crate::mheap::MHeap;
+use crate::mheap::{INLINE_BATCHES, MHeap, Releaser};
 use crate::os;
 use crate::sizeclass::{NUM_CLASSES, PAGE_SIZE};
-use crate::stats::{CacheStats, Stats};
+use crate::stats::{CacheStats, ReleaseStats, Stats};
 use crate::sync::Mutex;
 use crate::sync::unmodelled::{AtomicPtr, Ordering};
 
@@ -248,14 +253,16 @@ impl Heap {
     }
 
     /// Gives memory back to the OS now: every empty span goes back to the
-    /// mheap and every free page is released with `MADV_DONTNEED`. Objects
-    /// and spans in caches stay where they are (flush a cache first to
-    /// include it).
+    /// mheap and every free page is released with `MADV_DONTNEED` (in
+    /// batches, none of them under a lock an allocation needs). Objects and
+    /// spans in caches stay where they are (flush a cache first to include
+    /// it).
     pub fn release(&self) {
-        for central in &self.shared().central[1..] {
-            central.release_empty(&self.shared().mheap);
+        let sh = self.shared();
+        for central in &sh.central[1..] {
+            central.release_empty(&sh.mheap);
         }
-        self.shared().mheap.scavenge(true);
+        sh.mheap.scavenge(true, Releaser::Other, true, usize::MAX);
     }
 
     /// A snapshot of the heap's statistics.
@@ -301,8 +308,27 @@ impl Heap {
         s.heap_released = k.released_pages.get() * PAGE_SIZE as u64;
         s.heap_sys = k.sys_pages.get() * PAGE_SIZE as u64;
         s.metadata = k.meta_bytes.get();
+        let last = k.last_release_ms.get();
+        s.release = ReleaseStats {
+            released_bytes: k.released_total.get() * PAGE_SIZE as u64,
+            background_bytes: k.released_background.get() * PAGE_SIZE as u64,
+            metadata_bytes: k.meta_released.get(),
+            batches: k.release_batches.get(),
+            failures: k.release_failures.get(),
+            since_last_ms: (last != 0).then(|| os::now_ms().saturating_sub(last)),
+            decay_ms: crate::mheap::decay_ms(),
+            background: self.background_running(),
+        };
         s.finish(k.small_pages.get(), large_span_bytes);
         s
+    }
+
+    /// Whether a background releaser gives this heap's memory back.
+    fn background_running(&self) -> bool {
+        #[cfg(not(loom))]
+        return crate::scavenger::running(self);
+        #[cfg(loom)]
+        false
     }
 
     // -----------------------------------------------------------------------
@@ -325,20 +351,50 @@ impl Heap {
         self.maybe_tick(os::now_ms());
     }
 
-    /// Runs a scavenger tick if one is due at `now` (`os::now_ms`).
+    /// From the caches' slow paths: when a scavenger tick is due at `now`
+    /// (`os::now_ms`), has the background releaser run it (starting it, or
+    /// waking it), or runs a few batches of it here if there is none.
     #[inline]
     pub(crate) fn maybe_tick(&self, now: u64) {
-        if self.shared().mheap.tick_due(now) {
-            self.tick();
+        if self.shared().mheap.tick_peek(now) || self.wants_releaser() {
+            self.tick_from_slow_path(now);
         }
     }
 
+    /// Whether this heap should get its background releaser now (not
+    /// waiting for a tick: a program may free its peak between two ticks
+    /// and then make no more calls).
+    #[inline]
+    fn wants_releaser(&self) -> bool {
+        #[cfg(not(loom))]
+        return crate::scavenger::wanted(self);
+        #[cfg(loom)]
+        false
+    }
+
     #[cold]
-    fn tick(&self) {
-        for central in &self.shared().central[1..] {
-            central.release_empty(&self.shared().mheap);
+    fn tick_from_slow_path(&self, now: u64) {
+        #[cfg(not(loom))]
+        if crate::scavenger::kick(self) {
+            return;
         }
-        self.shared().mheap.scavenge(false);
+        if self.shared().mheap.tick_due(now) {
+            self.tick(Releaser::Other, INLINE_BATCHES, false);
+        }
+    }
+
+    /// A scavenger tick: the mcentrals' empty spans go back to the mheap,
+    /// pages that stayed free for the decay go back to the OS (at most
+    /// `max_batches` batches; `wait` for another releaser, or skip), and
+    /// the other free pages age. Returns the free dirty pages left for
+    /// later ticks.
+    pub(crate) fn tick(&self, who: Releaser, max_batches: usize, wait: bool) -> usize {
+        let sh = self.shared();
+        for central in &sh.central[1..] {
+            central.release_empty(&sh.mheap);
+        }
+        sh.mheap.scavenge(false, who, wait, max_batches);
+        sh.mheap.age(wait)
     }
 
     /// Adds a dropped cache's counters to the heap's.
@@ -397,6 +453,8 @@ impl Shared {
     /// Every lock of the heap, in the order `fork` must take them.
     #[cfg(not(loom))]
     pub(crate) fn for_each_lock(&self, mut f: impl FnMut(&crate::sync::RawLock)) {
+        // A releaser holds this one while it takes the others.
+        f(self.mheap.release_lock_for_fork());
         for central in &self.central[1..] {
             f(central.lock_for_fork());
         }

@@ -23,7 +23,9 @@
 //! - `mheap`: pages from 64 MiB arenas, first-fit over bitmaps, span
 //!   records off the user's memory, an O(1) pointer → span map; objects over
 //!   32 KiB are spans of their own; free pages go back to the OS after a
-//!   decay, or at once with [`release`].
+//!   decay ([`set_release_decay_ms`]), from a background thread while the
+//!   program idles ([`set_background_release`]), or at once with
+//!   [`release`].
 //! - `mspan`: a span's objects, with lock-free frees from other threads.
 //! - [`Heap`]: mheap + mcentrals as a value; the global allocator is one
 //!   static `Heap`.
@@ -55,6 +57,8 @@ mod os;
 #[doc(hidden)]
 pub mod raw;
 mod report;
+#[cfg(not(loom))]
+mod scavenger;
 pub mod sizeclass;
 pub mod stack;
 mod stats;
@@ -64,6 +68,8 @@ mod thread;
 
 #[cfg(not(loom))]
 pub use global::{SpanAlloc, release, stats};
+#[cfg(not(loom))]
+pub use scavenger::{release_decay_ms, set_background_release, set_release_decay_ms};
 
 /// Internals the loom models in `loom-tests/` check directly. Not API.
 #[cfg(loom)]
@@ -81,4 +87,4 @@ pub mod loom_api {
 }
 pub use heap::Heap;
 pub use mcache::MCache;
-pub use stats::{ClassStats, StackStats, Stats};
+pub use stats::{ClassStats, ReleaseStats, StackStats, Stats};

@@ -386,6 +386,8 @@ extern "C" fn fork_parent() {
 }
 
 extern "C" fn fork_child() {
+    // The background releaser is not in the child: it restarts lazily.
+    crate::scavenger::after_fork_child();
     fork_done();
 }
 

@@ -1,0 +1,202 @@
+//! The background releaser: the global heap's free memory goes back to the
+//! OS while the program idles (Go's `bgscavenge`, jemalloc's background
+//! thread, mimalloc's purge delay).
+//!
+//! Without it, memory would go back only while the program keeps calling
+//! the allocator: the scavenger's ticks would run from its slow paths, and
+//! a program that frees a peak and then waits (a server between requests, a
+//! tool in its last phase) would keep the peak resident. So the global heap
+//! has one thread of its own that runs the ticks ([`crate::Heap`]'s `tick`:
+//! the mcentrals' empty spans back to the mheap, pages free for the decay
+//! back to the OS, the rest aged), a third of the decay apart.
+//!
+//! # Its life
+//!
+//! - **Started lazily**, from an allocation's or a free's slow path, once
+//!   the heap holds at least [`START_PAGES`] of dirty free pages: a small
+//!   program never gets the thread. It is a raw `pthread_create` with a stack
+//!   mapped here and every signal blocked (`os::spawn_thread`): no Rust
+//!   `std::thread` (which allocates through the allocator being called),
+//!   and nothing of the allocator's locks held meanwhile.
+//! - **Asleep when there is nothing to do.** After a tick that leaves no
+//!   dirty page to wait for, it parks on a futex in the mheap
+//!   (`MHeap::park`); a free of pages wakes it (one relaxed load on the
+//!   free path while it runs, a `FUTEX_WAKE` only when it sleeps), and so
+//!   does a slow path once a tick is due (for empty spans that reached an
+//!   mcentral without the mheap seeing them). Between ticks it naps with a
+//!   timeout.
+//! - **Never in the way.** It allocates nothing, holds no lock across a
+//!   system call (the mheap's batches, see `mheap`), and never waits for a
+//!   lock an allocation holds for longer than a list operation.
+//! - **Restarted in a forked child**, lazily: the child has no such thread,
+//!   so `thread`'s child handler forgets it ([`after_fork_child`]) and the
+//!   child's first due tick with enough dirty memory starts one. `fork`
+//!   takes the release lock first, so no batch of pages is out in the
+//!   child.
+//! - **Turned off** with [`set_background_release`]`(false)`: the thread
+//!   sleeps, and the slow paths tick again (a few batches at a time).
+//!   [`set_release_decay_ms`] sets the decay.
+//!
+//! Heaps other than the global one (`Heap::new()`) have no background
+//! releaser; their ticks run on their caches' slow paths. Under loom there
+//! is no thread at all: time stands still and the models call `release`.
+
+use core::ffi::c_void;
+use core::ptr;
+
+use crate::heap::Heap;
+use crate::mheap::{self, Releaser, SLEEP_NAPPING, SLEEP_OFF, SLEEP_PARKED};
+use crate::os;
+use crate::sizeclass::PAGE_SIZE;
+use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use crate::thread::HEAP;
+
+/// The thread's stack: its frames take a few KiB; glibc puts the thread's
+/// descriptor and static TLS at the top. Untouched pages cost nothing.
+const STACK: usize = 256 << 10;
+/// Dirty free pages that make a slow path start the thread (4 MiB).
+pub(crate) const START_PAGES: u64 = ((4 << 20) / PAGE_SIZE) as u64;
+
+/// Background release wanted (on unless the program turns it off).
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+const NOT_STARTED: u32 = 0;
+const STARTING: u32 = 1;
+const RUNNING: u32 = 2;
+/// The thread could not be created: the slow paths tick from then on.
+const FAILED: u32 = 3;
+static STATE: AtomicU32 = AtomicU32::new(NOT_STARTED);
+/// The thread's stack mapping, for a forked child to unmap.
+static STACK_MAP: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+
+/// Turns the background release of the global allocator's free memory on
+/// (the default) or off.
+///
+/// While it is on, memory that stays free for the decay (see
+/// [`set_release_decay_ms`]) goes back to the OS even if the program never
+/// calls the allocator again, from a thread spanalloc starts once there is
+/// something to give back. While it is off, the same happens only as the
+/// program keeps allocating (on the allocator's slow paths), or when it
+/// calls [`crate::release`].
+pub fn set_background_release(on: bool) {
+    ENABLED.store(on, Ordering::SeqCst);
+    if STATE.load(Ordering::Acquire) == RUNNING {
+        let mh = &HEAP.shared().mheap;
+        for state in [SLEEP_OFF, SLEEP_NAPPING, SLEEP_PARKED] {
+            mh.wake(state);
+        }
+    }
+}
+
+/// Sets the decay in milliseconds (default 500; at least 3): free memory
+/// goes back to the OS once it has stayed free between one and four
+/// thirds of this long. A short decay keeps the resident set small; a long
+/// one spares a program that frees and reallocates the page faults of
+/// touching released memory again. It applies to every heap, the global
+/// allocator's and those made with [`crate::Heap::new`].
+pub fn set_release_decay_ms(ms: u64) {
+    mheap::set_decay_ms(ms);
+    if STATE.load(Ordering::Acquire) == RUNNING {
+        HEAP.shared().mheap.wake(SLEEP_NAPPING);
+    }
+}
+
+/// The decay in milliseconds (see [`set_release_decay_ms`]).
+pub fn release_decay_ms() -> u64 {
+    mheap::decay_ms()
+}
+
+/// Whether `heap` is the one the background releaser serves.
+fn serves(heap: &Heap) -> bool {
+    ptr::eq(heap, &HEAP)
+}
+
+/// Whether a background thread gives `heap`'s memory back.
+pub(crate) fn running(heap: &Heap) -> bool {
+    serves(heap) && ENABLED.load(Ordering::Relaxed) && STATE.load(Ordering::Acquire) == RUNNING
+}
+
+/// Whether `heap` should get its background releaser now: it serves the
+/// global heap, has not started, and the heap holds enough dirty memory.
+#[inline]
+pub(crate) fn wanted(heap: &Heap) -> bool {
+    STATE.load(Ordering::Relaxed) == NOT_STARTED && serves(heap) && ENABLED.load(Ordering::Relaxed) && {
+        let k = &heap.shared().mheap.counters;
+        k.free_pages.get().saturating_sub(k.released_pages.get()) >= START_PAGES
+    }
+}
+
+/// From a slow path of `heap`'s caches, when a tick is due: starts the
+/// background releaser if `heap` is the global heap and holds enough dirty
+/// memory, or wakes it if it sleeps. Returns whether the releaser does the
+/// tick (else the caller does).
+pub(crate) fn kick(heap: &Heap) -> bool {
+    if !serves(heap) || !ENABLED.load(Ordering::Relaxed) {
+        return false;
+    }
+    match STATE.load(Ordering::Acquire) {
+        RUNNING => {
+            heap.shared().mheap.wake(SLEEP_PARKED);
+            true
+        }
+        NOT_STARTED => wanted(heap) && start(),
+        _ => false,
+    }
+}
+
+/// Starts the thread (one caller wins; the others tick themselves).
+#[cold]
+fn start() -> bool {
+    if STATE.compare_exchange(NOT_STARTED, STARTING, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+        return false;
+    }
+    match os::spawn_thread(releaser, ptr::null_mut(), STACK) {
+        Some((base, len)) => {
+            STACK_MAP[0].store(base, Ordering::Relaxed);
+            STACK_MAP[1].store(len, Ordering::Relaxed);
+            STATE.store(RUNNING, Ordering::Release);
+            true
+        }
+        None => {
+            STATE.store(FAILED, Ordering::Release);
+            false
+        }
+    }
+}
+
+/// The thread: a tick whenever one is due, asleep in between.
+extern "C" fn releaser(_: *mut c_void) -> *mut c_void {
+    os::set_thread_name(c"spanalloc-bg");
+    let mh = &HEAP.shared().mheap;
+    loop {
+        if !ENABLED.load(Ordering::SeqCst) {
+            mh.doze(SLEEP_OFF, 0, || !ENABLED.load(Ordering::SeqCst));
+            continue;
+        }
+        let seq = mh.put_seq();
+        if mh.tick_due(os::now_ms()) {
+            let waiting = HEAP.tick(Releaser::Background, usize::MAX, true);
+            // Nothing left to wait for: sleep until pages are freed.
+            if waiting == 0 && mh.park(seq) {
+                continue;
+            }
+        }
+        let ms = mh.until_next_tick(os::now_ms()).max(1);
+        mh.doze(SLEEP_NAPPING, ms, || ENABLED.load(Ordering::SeqCst));
+    }
+}
+
+/// In a forked child (from `thread`'s child handler): the thread does not
+/// exist here. Forget it and unmap its stack; the child starts its own when
+/// it needs one.
+pub(crate) fn after_fork_child() {
+    if STATE.load(Ordering::Acquire) == NOT_STARTED {
+        return;
+    }
+    let (base, len) = (STACK_MAP[0].swap(0, Ordering::Relaxed), STACK_MAP[1].swap(0, Ordering::Relaxed));
+    if base != 0 {
+        os::unmap(base as *mut u8, len);
+    }
+    HEAP.shared().mheap.forget_sleeper();
+    STATE.store(NOT_STARTED, Ordering::Release);
+}
