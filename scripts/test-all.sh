@@ -11,6 +11,8 @@ echo "== unit, integration and doc tests"
 cargo build --release --workspace
 cargo test --all-features --all-targets
 cargo test --all-features --doc
+# The heap profile with frame pointers (the stack walk needs them).
+scripts/profile-fp-tests.sh
 # libspanalloc.so (its one feature only shows the hazard its guard removes)
 cargo test -p spanalloc-c --all-targets
 echo "== libspanalloc.so under real programs"

@@ -25,24 +25,36 @@ pub struct SpanAlloc;
 unsafe impl GlobalAlloc for SpanAlloc {
     #[inline(always)]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        thread::with_cache(|c, h| c.alloc(h, layout.size(), layout.align()))
+        // SAFETY: one operation on this thread's cache.
+        let (c, h) = unsafe { thread::current() };
+        c.alloc(&h, layout.size(), layout.align())
     }
 
     #[inline(always)]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: GlobalAlloc's contract: ptr came from us with this layout.
-        thread::with_cache(|c, h| unsafe { c.dealloc(h, ptr, layout.size(), layout.align()) })
+        // SAFETY: one operation on this thread's cache; GlobalAlloc's
+        // contract: ptr came from us with this layout.
+        unsafe {
+            let (c, h) = thread::current();
+            c.dealloc(&h, ptr, layout.size(), layout.align())
+        }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        thread::with_cache(|c, h| c.alloc_zeroed(h, layout.size(), layout.align()))
+        // SAFETY: one operation on this thread's cache.
+        let (c, h) = unsafe { thread::current() };
+        c.alloc_zeroed(&h, layout.size(), layout.align())
     }
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: GlobalAlloc's contract, forwarded.
-        thread::with_cache(|c, h| unsafe { c.realloc(h, ptr, layout.size(), layout.align(), new_size) })
+        // SAFETY: one operation on this thread's cache; GlobalAlloc's
+        // contract, forwarded.
+        unsafe {
+            let (c, h) = thread::current();
+            c.realloc(&h, ptr, layout.size(), layout.align(), new_size)
+        }
     }
 }
 

@@ -41,6 +41,23 @@ use crate::sync::unmodelled::{AtomicPtr, Ordering};
 pub struct Heap {
     /// The shared state, made on first use (null until then).
     shared: AtomicPtr<Shared>,
+    /// The background releaser that runs this heap's scavenger ticks, if it
+    /// has one (the global heap: `scavenger`). Passed down when the heap is
+    /// made, so this level never names the one above it.
+    background: Option<&'static Background>,
+}
+
+/// What a heap asks of a background releaser (see `scavenger`), each called
+/// with the heap that has it.
+pub(crate) struct Background {
+    /// Whether the releaser should start now (it has not, and the heap
+    /// holds enough dirty free memory).
+    pub(crate) wanted: fn(&'static Heap) -> bool,
+    /// A tick is due (or `wanted` said yes): starts or wakes the releaser.
+    /// Returns whether it runs the tick (else the caller does).
+    pub(crate) kick: fn(&'static Heap) -> bool,
+    /// Whether the releaser gives the heap's memory back now.
+    pub(crate) running: fn() -> bool,
 }
 
 /// A heap's state: what its caches share.
@@ -239,7 +256,14 @@ impl Heap {
     /// A new, empty heap. It reserves memory only when first used.
     #[cfg(not(loom))]
     pub const fn new() -> Heap {
-        Heap { shared: AtomicPtr::new(ptr::null_mut()) }
+        Heap { shared: AtomicPtr::new(ptr::null_mut()), background: None }
+    }
+
+    /// A new, empty heap whose scavenger ticks run on `background` (for a
+    /// heap that lives in a `static`: the releaser keeps a reference).
+    #[cfg(not(loom))]
+    pub(crate) const fn with_background(background: &'static Background) -> Heap {
+        Heap { shared: AtomicPtr::new(ptr::null_mut()), background: Some(background) }
     }
 
     /// A new, empty heap. Under loom its state is made at once, by the
@@ -249,7 +273,7 @@ impl Heap {
     #[cfg(loom)]
     pub fn new() -> Heap {
         let fresh = alloc_shared();
-        Heap { shared: AtomicPtr::new(fresh) }
+        Heap { shared: AtomicPtr::new(fresh), background: None }
     }
 
     /// Gives memory back to the OS now: every empty span goes back to the
@@ -325,10 +349,7 @@ impl Heap {
 
     /// Whether a background releaser gives this heap's memory back.
     fn background_running(&self) -> bool {
-        #[cfg(not(loom))]
-        return crate::scavenger::running(self);
-        #[cfg(loom)]
-        false
+        self.background.is_some_and(|b| (b.running)())
     }
 
     // -----------------------------------------------------------------------
@@ -366,16 +387,22 @@ impl Heap {
     /// and then make no more calls).
     #[inline]
     fn wants_releaser(&self) -> bool {
-        #[cfg(not(loom))]
-        return crate::scavenger::wanted(self);
-        #[cfg(loom)]
-        false
+        self.background.is_some_and(|b| (b.wanted)(self.as_static()))
+    }
+
+    /// A heap with a background releaser lives in a `static`
+    /// ([`Heap::with_background`]).
+    #[inline]
+    fn as_static(&self) -> &'static Heap {
+        debug_assert!(self.background.is_some());
+        // SAFETY: only a heap made by `with_background` calls this, and
+        // that one is a `static`.
+        unsafe { &*(self as *const Heap) }
     }
 
     #[cold]
     fn tick_from_slow_path(&self, now: u64) {
-        #[cfg(not(loom))]
-        if crate::scavenger::kick(self) {
+        if self.background.is_some_and(|b| (b.kick)(self.as_static())) {
             return;
         }
         if self.shared().mheap.tick_due(now) {

@@ -38,6 +38,9 @@
 //! spanalloc, the fault and the address.
 
 #![warn(missing_docs)]
+// Under loom only the modelled core is built (no global allocator, no C
+// entry points, no thread glue), so what only those callers use lies idle.
+#![cfg_attr(loom, allow(dead_code))]
 
 mod arena;
 #[doc(hidden)]
@@ -53,6 +56,8 @@ mod mcentral;
 mod mheap;
 mod mspan;
 mod os;
+#[cfg(not(loom))]
+pub mod profile;
 #[cfg(not(loom))]
 #[doc(hidden)]
 pub mod raw;

@@ -73,8 +73,10 @@ use crate::mcentral::central_tag;
 use crate::mheap::TICK_MS;
 use crate::mspan::{ListId, Span, SpanKind};
 use crate::os;
+#[cfg(not(loom))]
+use crate::profile::{self, Sample, Sampler};
 use crate::report;
-use crate::sizeclass::{CLASSES, CLASSES_CONST, MAX_SMALL, NUM_CLASSES, PAGE_SIZE, class_of, small_class};
+use crate::sizeclass::{CLASSES, CLASSES_CONST, MAX_SMALL, NUM_CLASSES, PAGE_SIZE, c_class, class_of, small_class};
 use crate::stats::CacheStats;
 use crate::sync::unmodelled::Ordering;
 
@@ -136,7 +138,8 @@ fn hold_budget(class: usize) -> usize {
     ((1 << 20) / span).clamp(2, 128)
 }
 
-/// One class's stack of free objects: 16 bytes.
+/// One class's stack of free objects, and its heap-profile countdown:
+/// 32 bytes (a shift to index).
 #[repr(C)]
 pub(crate) struct Bin {
     /// One past the last pushed pointer.
@@ -147,12 +150,21 @@ pub(crate) struct Bin {
     full: u16,
     /// The page tag of the spans this cache holds for the class.
     tag: u32,
+    /// Allocations of the class left before the next heap-profile sample
+    /// (see `alloc_counted`); each allocation decrements it, and the one
+    /// that takes it below zero takes the slow path.
+    left: i64,
+    _pad: u64,
 }
 
-static_assertions::const_assert_eq!(size_of::<Bin>(), 16);
+static_assertions::const_assert_eq!(size_of::<Bin>(), 32);
+
+/// A countdown while profiling is off: the class looks again after this
+/// many allocations (and at every refill) whether it was turned on.
+const PARKED_OBJECTS: i64 = 1 << 20;
 
 impl Bin {
-    const ZERO: Bin = Bin { top: ptr::null_mut(), empty: 0, full: 0, tag: 0 };
+    const ZERO: Bin = Bin { top: ptr::null_mut(), empty: 0, full: 0, tag: 0, left: 0, _pad: 0 };
 
     #[inline(always)]
     fn is_empty(&self) -> bool {
@@ -179,6 +191,9 @@ struct ClassSpans {
     npartial: usize,
     /// The class refilled or flushed since the last trim.
     busy: bool,
+    /// The heap-profile rate the class's countdown was drawn with (0:
+    /// parked, or never drawn).
+    sample_rate: u64,
 }
 
 const NO_SPANS: ClassSpans = ClassSpans {
@@ -188,6 +203,7 @@ const NO_SPANS: ClassSpans = ClassSpans {
     nfull: 0,
     npartial: 0,
     busy: false,
+    sample_rate: 0,
 };
 
 /// What a cache is, for the slow paths. A thread's cache starts all-zero:
@@ -218,6 +234,13 @@ pub(crate) trait Host {
     /// Serves a cache that cannot serve itself (`Exited`, or set-up failed).
     fn fallback_alloc(&self, size: usize, align: usize, zero: bool) -> *mut u8;
     fn fallback_dealloc(&self, addr: usize, size: usize, align: usize);
+    /// Allocates a small object that the heap profile sampled: from the
+    /// profile's own cache (whose page tags tell every free to come back to
+    /// it), recorded. `None`: this host does not profile.
+    fn sampled_alloc(&self, sample: Sample, size: usize, align: usize, zero: bool) -> Option<*mut u8>;
+    /// Frees `addr` if it is an object of the profile's cache (`tag` is its
+    /// page tag); false if it is not.
+    fn sampled_free(&self, addr: usize, tag: u32) -> bool;
 }
 
 /// The cache proper. Its counters live beside it in [`CacheStats`] so that
@@ -225,6 +248,9 @@ pub(crate) trait Host {
 #[repr(C)]
 pub(crate) struct CacheCore {
     bins: [Bin; NUM_CLASSES],
+    /// Bytes to allocate before the next heap-profile sample (see
+    /// `profile`): every allocation charges it, two instructions.
+    sampler: Sampler,
     spans: [ClassSpans; NUM_CLASSES],
     pub(crate) mode: Mode,
     /// This cache's index (see `index`); 0 until it has one.
@@ -241,6 +267,10 @@ pub(crate) struct CacheCore {
     clock_skip: u32,
     /// Large objects freed here, kept for reuse.
     large: LargeCache,
+    /// The cache keeps every span that holds an allocated object (the heap
+    /// profile's cache: a span with a live sample must stay with it, so
+    /// the sample's free comes back to it and drops the record).
+    pub(crate) keep_spans: bool,
 }
 
 // SAFETY: a cache owns the spans it points at; moving it to another thread
@@ -254,6 +284,7 @@ impl CacheCore {
     pub(crate) const fn new(mode: Mode) -> Self {
         CacheCore {
             bins: [Bin::ZERO; NUM_CLASSES],
+            sampler: Sampler::new(),
             spans: [NO_SPANS; NUM_CLASSES],
             mode,
             index: 0,
@@ -263,6 +294,7 @@ impl CacheCore {
             slow_frees: 0,
             clock_skip: 0,
             large: LargeCache::new(),
+            keep_spans: false,
         }
     }
 
@@ -289,9 +321,20 @@ impl CacheCore {
                 full: limit as u16,
                 // No page has this tag: class 0's stack never serves.
                 tag: if class == 0 { u32::MAX } else { cache_tag(index, class) },
+                left: 0,
+                _pad: 0,
             };
         }
         true
+    }
+
+    /// Follows a change of the heap profile's rate now: every class's
+    /// countdown starts again at its next allocation.
+    pub(crate) fn refresh_sampler(&mut self) {
+        self.sampler.refresh();
+        for b in &mut self.bins {
+            b.left = 0;
+        }
     }
 
     /// Gives back the slot array and the index (after [`CacheCore::flush`]).
@@ -331,6 +374,18 @@ impl CacheCore {
     /// Allocates an object of `class` (not 0): the top of its stack.
     #[inline(always)]
     fn alloc_class<H: Host>(&mut self, host: &H, class: usize) -> *mut u8 {
+        // SAFETY: classes are below NUM_CLASSES.
+        let b = unsafe { self.bins.get_unchecked_mut(class) };
+        b.left -= 1;
+        if b.left < 0 {
+            return self.alloc_counted(host, class);
+        }
+        self.pop(host, class)
+    }
+
+    /// The top of the stack of `class`, or a refill.
+    #[inline(always)]
+    fn pop<H: Host>(&mut self, host: &H, class: usize) -> *mut u8 {
         // SAFETY: classes are below NUM_CLASSES.
         let b = unsafe { self.bins.get_unchecked_mut(class) };
         let top = b.top;
@@ -404,6 +459,7 @@ impl CacheCore {
     #[inline(never)]
     fn alloc_other<H: Host>(&mut self, host: &H, size: usize, align: usize, zero: bool) -> *mut u8 {
         match class_of(size, align) {
+            0 if self.sampler.charge(size) => self.alloc_large_sampled(host, size, align, zero),
             0 => self.alloc_large(host, size, align, zero),
             class => {
                 let p = self.alloc_class(host, class);
@@ -426,12 +482,148 @@ impl CacheCore {
     }
 
     // -----------------------------------------------------------------------
+    // C's malloc family: no layout on free, 16-byte alignment from 16 bytes.
+
+    /// `malloc(size)`: the C class of `size` (see `sizeclass::c_class`), or
+    /// a large object; null when out of memory.
+    #[inline(always)]
+    pub(crate) fn alloc_c<H: Host>(&mut self, host: &H, size: usize) -> *mut u8 {
+        if size > MAX_SMALL {
+            return self.alloc_other(host, size, 16, false);
+        }
+        self.alloc_class(host, c_class(size))
+    }
+
+    /// `free(addr)` with no size: the page tag names the class.
+    #[inline(always)]
+    pub(crate) fn free_unsized<H: Host>(&mut self, host: &H, addr: usize) {
+        if arena::small_object_in_arena(addr) {
+            // SAFETY: in an arena.
+            let meta = unsafe { arena::meta_unchecked(addr) };
+            let tag = meta.tag_at(addr);
+            let class = arena::tag_class(tag);
+            // SAFETY: classes are below NUM_CLASSES.
+            let b = unsafe { self.bins.get_unchecked_mut(class) };
+            let top = b.top;
+            if tag == b.tag && !b.is_full() {
+                let (word, n) = meta.alloc_word(addr);
+                let w = word.load(Ordering::Relaxed);
+                if (w >> n) & 1 != 0 {
+                    word.store(w & !(1 << n), Ordering::Relaxed);
+                    // SAFETY: the stack is not full.
+                    unsafe {
+                        top.write(addr);
+                        b.top = top.add(1);
+                    }
+                    // SAFETY: classes are below NUM_CLASSES.
+                    unsafe { host.stats().classes.get_unchecked(class) }.frees.bump(1);
+                    return;
+                }
+            }
+            if class != 0 {
+                return self.dealloc_slow(host, class, addr);
+            }
+        }
+        self.free_unsized_other(host, addr)
+    }
+
+    /// An unsized free that is not of a small object in an arena: a large
+    /// object, or a pointer spanalloc did not hand out.
+    #[cold]
+    #[inline(never)]
+    fn free_unsized_other<H: Host>(&mut self, host: &H, addr: usize) {
+        match arena::span_of(addr) {
+            // SAFETY: a non-null page entry points at a live record.
+            Some((_, span)) if unsafe { span.as_ref() }.is_some_and(|s| s.kind == SpanKind::Large) => {
+                self.free_large(host, addr)
+            }
+            _ => report::invalid_free(addr),
+        }
+    }
+
+    /// `realloc(addr, size)` for `addr` not null and `size` not zero: in
+    /// place when the object holds `size` and would not waste more than
+    /// half of itself (or, for large objects, when the pages allow), else
+    /// moved with its bytes.
+    ///
+    /// # Safety
+    /// `addr` must be an object this heap handed out and not freed (what
+    /// spanalloc can detect is reported).
+    pub(crate) unsafe fn realloc_c<H: Host>(&mut self, host: &H, addr: usize, size: usize) -> *mut u8 {
+        let heap = host.heap();
+        let old = usable_size(addr);
+        let (old_small, new_class) = (old <= MAX_SMALL, if size <= MAX_SMALL { c_class(size) } else { 0 });
+        if old_small && new_class != 0 && size <= old && size >= old / 2 {
+            check_live(heap, small_class(old), addr);
+            return addr as *mut u8;
+        }
+        if !old_small && new_class == 0 && heap.shared().mheap.resize_large(addr, size) {
+            return addr as *mut u8;
+        }
+        let new = self.alloc_c(host, size);
+        if !new.is_null() {
+            // SAFETY: both objects are live and distinct; we copy what both
+            // hold.
+            unsafe { ptr::copy_nonoverlapping(addr as *const u8, new, old.min(size)) };
+            self.free_unsized(host, addr);
+        }
+        new
+    }
+
+    // -----------------------------------------------------------------------
     // The rest of the API.
 
     /// Allocates zeroed memory; skips the memset for large objects whose
     /// pages are fresh from the OS.
     pub(crate) fn alloc_zeroed<H: Host>(&mut self, host: &H, size: usize, align: usize) -> *mut u8 {
         self.alloc_other(host, size, align, true)
+    }
+
+    /// An allocation of `class` whose countdown ran out: sampled or not
+    /// (the countdown is drawn again either way), then allocated.
+    ///
+    /// A class's countdown is the number of its allocations to leave
+    /// unsampled before the next sampled one: `⌊G / size⌋` for an
+    /// exponential gap `G` of mean `rate` bytes, so each allocation is a
+    /// sample with probability `1 − e^(−size/rate)`, independently, and the
+    /// sample stands for the inverse of that many objects (Go's weighting;
+    /// see `profile`). A fresh or parked countdown starts the process with
+    /// this allocation.
+    #[cold]
+    #[inline(never)]
+    fn alloc_counted<H: Host>(&mut self, host: &H, class: usize) -> *mut u8 {
+        let rate = profile::rate();
+        let size = CLASSES[class].size as u64;
+        let armed = self.spans[class].sample_rate;
+        let (hit, left) = countdown(&mut self.sampler, armed, rate, size);
+        self.spans[class].sample_rate = rate;
+        self.bins[class].left = left;
+        if !hit || profile::in_profiler() {
+            return self.pop(host, class);
+        }
+        let sample = Sample { size, weight: profile::weight(size, rate) };
+        let info = CLASSES[class];
+        match host.sampled_alloc(sample, info.size as usize, info.align as usize, false) {
+            Some(p) => p,
+            None => self.pop(host, class),
+        }
+    }
+
+    /// A large (or over-aligned) allocation the byte countdown picks as a
+    /// heap-profile sample: its own span, flagged so its free drops the
+    /// record.
+    #[cold]
+    #[inline(never)]
+    fn alloc_large_sampled<H: Host>(&mut self, host: &H, size: usize, align: usize, zero: bool) -> *mut u8 {
+        let p = self.alloc_large(host, size, align, zero);
+        if let Some(sample) = self.sampler.sampled(size)
+            && !p.is_null()
+        {
+            let (_, span) = host.heap().shared().mheap.large_span_of(p as usize);
+            span.sampled = true;
+            profile::record(sample, p as usize, 0, None);
+        }
+        p
     }
 
     /// Resizes in place when the new size has the same size class, or for
@@ -503,13 +695,19 @@ impl CacheCore {
             return host.fallback_alloc(info.size as usize, info.align as usize, false);
         }
         let heap = host.heap();
+        self.sampler.refresh();
+        if self.spans[class].sample_rate != profile::rate() {
+            // The rate changed: the class's countdown starts again at its
+            // next allocation.
+            self.bins[class].left = 0;
+        }
         self.maybe_trim(host, class);
         let refilled = self.refill(heap, class);
         self.publish(host.stats());
         if !refilled {
             return ptr::null_mut();
         }
-        self.alloc_class(host, class)
+        self.pop(host, class)
     }
 
     /// Whether the cache can serve (setting a fresh thread cache up first).
@@ -576,7 +774,7 @@ impl CacheCore {
         let sp = &mut self.spans[class];
         span.link_front(&mut sp.full, ListId::CacheFull);
         sp.nfull += 1;
-        if sp.nfull + sp.npartial > hold_budget(class) {
+        if sp.nfull + sp.npartial > hold_budget(class) && !self.keep_spans {
             self.give_back_full(heap, class);
         }
     }
@@ -629,6 +827,10 @@ impl CacheCore {
         let (alloc, bit) = meta.alloc_bit(addr);
         let tag = meta.tag_at(addr);
         let mine = self.bins[class].tag;
+        if tag != mine && host.sampled_free(addr, tag) {
+            host.stats().classes[class].frees.bump(1);
+            return;
+        }
         if tag == mine || (tag == central_tag(mine) && self.adopt(heap, class, span)) {
             let w = alloc.load(Ordering::Relaxed);
             if w & bit == 0 {
@@ -700,7 +902,7 @@ impl CacheCore {
             // SAFETY: as above, the span is live and ours.
             let span = unsafe { &*span };
             // The free that pushed it checked it is an object's start.
-            let idx = ((addr - span.base) as u64 * span.div_magic as u64 >> 32) as usize;
+            let idx = (((addr - span.base) as u64 * span.div_magic as u64) >> 32) as usize;
             if !span.free_object(idx) {
                 report::double_free(addr, span.elem_size as usize);
             }
@@ -780,6 +982,13 @@ impl CacheCore {
     /// Frees a large object into the large-object cache, or to the mheap if
     /// it is too big to keep.
     fn free_large<H: Host>(&mut self, host: &H, addr: usize) {
+        let (_, span) = host.heap().shared().mheap.large_span_of(addr);
+        if span.sampled {
+            // A profile sample: its record goes, and it is not kept.
+            span.sampled = false;
+            profile::unrecord(addr);
+            return host.heap().free_large(addr);
+        }
         match self.mode {
             Mode::Explicit | Mode::ThreadActive => {}
             // Kept objects need the exit flush.
@@ -791,7 +1000,6 @@ impl CacheCore {
             Mode::Exited => return host.heap().free_large(addr),
         }
         let heap = host.heap();
-        let (_, span) = heap.shared().mheap.large_span_of(addr);
         if !self.large.put(heap, span) {
             return heap.free_large(addr);
         }
@@ -838,7 +1046,7 @@ impl CacheCore {
     #[cold]
     fn trim(&mut self, heap: &Heap, keep: usize) {
         self.large.trim(heap);
-        if self.slots.is_null() {
+        if self.slots.is_null() || self.keep_spans {
             return;
         }
         for class in 1..NUM_CLASSES {
@@ -856,6 +1064,22 @@ impl CacheCore {
             }
         }
     }
+}
+
+/// A class's countdown has run out: whether this allocation is a sample,
+/// and the countdown for the next (see `CacheCore::alloc_counted`).
+/// `armed` is the rate the run-out countdown was drawn with.
+fn countdown(sampler: &mut Sampler, armed: u64, rate: u64, size: u64) -> (bool, i64) {
+    if rate == 0 {
+        return (false, PARKED_OBJECTS);
+    }
+    let k = (sampler.draw_gap(rate) / size) as i64;
+    if armed != 0 && armed == rate {
+        return (true, k);
+    }
+    // The process starts with this allocation: it is the sample if the
+    // first gap leaves no allocation unsampled.
+    if k == 0 { (true, (sampler.draw_gap(rate) / size) as i64) } else { (false, k - 1) }
 }
 
 /// Pages of the spans on the list from `first` (through `Owned::next`).
@@ -917,6 +1141,27 @@ fn bad_small_free(heap: &Heap, addr: usize, class: usize) -> ! {
     }
     let actual = if span.kind == SpanKind::Small { span.elem_size as usize } else { span.npages * PAGE_SIZE };
     report::layout_mismatch(addr, CLASSES[class].size as usize, actual)
+}
+
+/// The bytes the object at `addr` can hold (`malloc_usable_size`): its
+/// class's size, or a large object's whole pages. Reads only metadata;
+/// aborts if `addr` is not an object spanalloc handed out.
+pub(crate) fn usable_size(addr: usize) -> usize {
+    if arena::small_object_in_arena(addr) {
+        // SAFETY: in an arena.
+        let class = arena::tag_class(unsafe { arena::meta_unchecked(addr) }.tag_at(addr));
+        if class != 0 {
+            return CLASSES[class].size as usize;
+        }
+    }
+    match arena::span_of(addr) {
+        // SAFETY: a non-null page entry points at a live record.
+        Some((_, span)) => match unsafe { span.as_ref() } {
+            Some(s) if s.kind == SpanKind::Large && s.base == addr => s.npages * PAGE_SIZE,
+            _ => report::invalid_free(addr),
+        },
+        None => report::invalid_free(addr),
+    }
 }
 
 /// Aborts unless `addr` is a live (allocated, not freed) object of `class`
@@ -995,6 +1240,94 @@ mod slot_arrays {
 #[cfg(not(loom))]
 pub(crate) use slot_arrays::lock_for_fork as slot_lock_for_fork;
 
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// Runs `n` allocations of `size` bytes through the countdown at
+    /// `rate`, as the fast path does; returns how many were samples.
+    fn samples(n: u64, size: u64, rate: u64) -> u64 {
+        let mut sampler = Sampler::with_seed(12345);
+        let (mut left, mut armed, mut hits) = (0i64, 0u64, 0u64);
+        for _ in 0..n {
+            left -= 1;
+            if left < 0 {
+                let (hit, next) = countdown(&mut sampler, armed, rate, size);
+                armed = rate;
+                left = next;
+                hits += hit as u64;
+            }
+        }
+        hits
+    }
+
+    #[test]
+    fn each_allocation_is_a_sample_with_probability_one_minus_e_to_the_minus_size_over_rate() {
+        for (size, rate) in [(16u64, 64u64 << 10), (1152, 64 << 10), (8192, 16 << 10), (256, 512 << 10)] {
+            let n = 4_000_000;
+            let p = 1.0 - (-(size as f64) / rate as f64).exp();
+            let want = n as f64 * p;
+            let got = samples(n, size, rate) as f64;
+            let sd = (n as f64 * p * (1.0 - p)).sqrt();
+            assert!((got - want).abs() < 5.0 * sd, "size {size} at rate {rate}: {got} samples, {want:.0} expected");
+        }
+        assert_eq!(samples(1000, 64, 1), 1000, "rate 1 samples everything");
+        assert_eq!(samples(1000, 64, 0), 0, "rate 0 samples nothing");
+    }
+}
+
+/// Under loom there is no heap profile (its table is a static the model
+/// cannot make): a countdown that never runs out.
+#[cfg(loom)]
+mod profile {
+    pub(crate) struct Sampler;
+    pub(crate) struct Sample {
+        pub(crate) size: u64,
+        pub(crate) weight: f64,
+    }
+
+    impl Sampler {
+        pub(crate) const fn new() -> Self {
+            Sampler
+        }
+
+        #[inline(always)]
+        pub(crate) fn charge(&mut self, _size: usize) -> bool {
+            false
+        }
+
+        pub(crate) fn sampled(&mut self, _size: usize) -> Option<Sample> {
+            None
+        }
+
+        pub(crate) fn refresh(&mut self) {}
+
+        pub(crate) fn draw_gap(&mut self, _rate: u64) -> u64 {
+            0
+        }
+    }
+
+    pub(crate) fn rate() -> u64 {
+        0
+    }
+
+    pub(crate) fn in_profiler() -> bool {
+        false
+    }
+
+    pub(crate) fn weight(_: u64, _: u64) -> f64 {
+        1.0
+    }
+
+    pub(crate) fn record(_: Sample, _: usize, _: usize, _: Option<()>) {}
+
+    pub(crate) fn unrecord(_: usize) -> bool {
+        false
+    }
+}
+#[cfg(loom)]
+use profile::{Sample, Sampler};
+
 // ---------------------------------------------------------------------------
 // The explicit cache.
 
@@ -1023,6 +1356,14 @@ impl Host for Explicit<'_> {
 
     fn fallback_dealloc(&self, addr: usize, _size: usize, _align: usize) {
         report::invalid_free(addr);
+    }
+
+    fn sampled_alloc(&self, _: Sample, _: usize, _: usize, _: bool) -> Option<*mut u8> {
+        None
+    }
+
+    fn sampled_free(&self, _: usize, _: u32) -> bool {
+        false
     }
 }
 

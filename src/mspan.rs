@@ -180,6 +180,9 @@ pub(crate) struct Span {
     pub(crate) bucket: u8,
     /// Large spans: some page may hold old data (see `alloc_zeroed`).
     pub(crate) needzero: bool,
+    /// Large spans: the object is a heap-profile sample (its free drops
+    /// the record; it never enters a large-object cache).
+    pub(crate) sampled: bool,
     pub(crate) owned: UnsafeCell<Owned>,
     /// Free bitmap storage (`words` words, owner view; read only through
     /// `owned`). Bit `i` set: object `i` is free in the span.
@@ -282,6 +285,7 @@ impl Span {
                 words: words as u8,
                 bucket: bucket as u8,
                 needzero: false,
+                sampled: false,
                 owned: UnsafeCell::new(Owned {
                     nfree: 0,
                     prev: ptr::null_mut(),
@@ -343,6 +347,7 @@ impl Span {
         self.class = 0;
         self.kind = SpanKind::Large;
         self.needzero = needzero;
+        self.sampled = false;
         self.state.store(LARGE_LIVE, Ordering::Relaxed);
     }
 

@@ -5,7 +5,7 @@
 //! `mprotect`, `futex`, `clock_gettime`, `write` and `pthread_create`
 //! calls. Failures come back as `None` / `false` / an errno, never as a
 //! panic: the caller turns them into a null allocation or a
-//! [`crate::stack::StackError`].
+//! stack error.
 //!
 //! Nothing here allocates, and everything may be called from any thread
 //! (the stderr writer is also async-signal-safe). The one exception is
@@ -25,7 +25,11 @@
 
 use core::ptr;
 
-use crate::sync::unmodelled::{AtomicUsize, Ordering};
+// The operating system sits below the modelled synchronization: its atomics
+// are the machine's.
+#[cfg(not(loom))]
+use core::sync::atomic::AtomicU32;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// `madvise` advice that installs guard pages without new mappings
 /// (Linux 6.13 and later).
@@ -249,7 +253,7 @@ pub(crate) fn errno() -> i32 {
 
 /// Sleeps while `*word == expected` (or until woken or interrupted).
 #[cfg(not(loom))]
-pub(crate) fn futex_wait(word: &crate::sync::atomic::AtomicU32, expected: u32) {
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32) {
     // SAFETY: FUTEX_WAIT reads the word atomically and sleeps; the pointer
     // is valid for the duration of the call.
     unsafe {
@@ -265,7 +269,7 @@ pub(crate) fn futex_wait(word: &crate::sync::atomic::AtomicU32, expected: u32) {
 
 /// Wakes one thread sleeping in [`futex_wait`] on `word`.
 #[cfg(not(loom))]
-pub(crate) fn futex_wake_one(word: &crate::sync::atomic::AtomicU32) {
+pub(crate) fn futex_wake_one(word: &AtomicU32) {
     // SAFETY: FUTEX_WAKE only reads the address as a key.
     unsafe {
         libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, 1);
@@ -275,7 +279,7 @@ pub(crate) fn futex_wake_one(word: &crate::sync::atomic::AtomicU32) {
 /// Sleeps while `*word == expected`, at most `ms` milliseconds (or until
 /// woken or interrupted).
 #[cfg(not(loom))]
-pub(crate) fn futex_wait_ms(word: &crate::sync::atomic::AtomicU32, expected: u32, ms: u64) {
+pub(crate) fn futex_wait_ms(word: &AtomicU32, expected: u32, ms: u64) {
     let timeout = libc::timespec { tv_sec: (ms / 1000) as libc::time_t, tv_nsec: ((ms % 1000) * 1_000_000) as _ };
     // SAFETY: as for `futex_wait`; the timeout is a valid relative time.
     unsafe {

@@ -2,21 +2,20 @@
 //! crate in `capi/`) exports, on the global allocator.
 //!
 //! C passes no size to `free` and asks for `malloc_usable_size`, so these
-//! entry points find the size class from the pointer. They follow C's
-//! alignment rule (16 bytes for every request of 16 bytes or more, 8 below)
-//! and report failure as a null pointer; `errno` is the C layer's business.
+//! entry points find the size class from the pointer: the page tag names
+//! it (see [`crate::arena`]), with no lookup. They follow C's alignment
+//! rule (16 bytes for every request of 16 bytes or more, 8 below: a size
+//! table of their own skips the one class that is not 16-aligned) and
+//! report failure as a null pointer; `errno` is the C layer's business.
 //! Misuse (a pointer spanalloc did not hand out, a double free) aborts with
 //! a report, as [`crate::SpanAlloc`] does.
 //!
 //! Not part of the Rust API: Rust programs use `GlobalAlloc`.
 
-use core::alloc::{GlobalAlloc, Layout};
 use core::ptr;
 
-use crate::SpanAlloc;
-use crate::arena;
-use crate::mspan::SpanKind;
-use crate::sizeclass::{MAX_SMALL, PAGE_SIZE};
+use crate::mcache;
+use crate::thread;
 
 /// The alignment C promises for `size` bytes (`alignof(max_align_t)` for
 /// requests that could hold it).
@@ -27,63 +26,50 @@ fn c_align(size: usize) -> usize {
 
 /// `malloc(size)`: at least `size` bytes (a unique object for 0), aligned
 /// as C requires; null when out of memory.
+#[inline]
 pub fn malloc(size: usize) -> *mut u8 {
-    aligned_alloc(c_align(size), size)
+    // SAFETY: one operation on this thread's cache.
+    let (c, h) = unsafe { thread::current() };
+    c.alloc_c(&h, size)
 }
 
 /// `calloc(n, size)`: zeroed; null on overflow of `n * size` or when out of
 /// memory.
+#[inline]
 pub fn calloc(n: usize, size: usize) -> *mut u8 {
     let Some(bytes) = n.checked_mul(size) else {
         return ptr::null_mut();
     };
-    let Ok(layout) = Layout::from_size_align(bytes.max(1), c_align(bytes)) else {
+    if bytes > isize::MAX as usize {
         return ptr::null_mut();
-    };
-    // SAFETY: the layout has a non-zero size.
-    unsafe { SpanAlloc.alloc_zeroed(layout) }
+    }
+    thread::with_cache(|c, h| c.alloc_zeroed(h, bytes.max(1), c_align(bytes)))
 }
 
 /// `aligned_alloc(align, size)` for a power-of-two `align`; null when
 /// `align` is not one, or when out of memory.
+#[inline]
 pub fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
-    let Ok(layout) = Layout::from_size_align(size.max(1), align.max(8)) else {
+    if !align.is_power_of_two() || size > isize::MAX as usize - align {
         return ptr::null_mut();
-    };
-    // SAFETY: the layout has a non-zero size.
-    unsafe { SpanAlloc.alloc(layout) }
+    }
+    thread::with_cache(|c, h| c.alloc(h, size.max(1), align.max(c_align(size))))
 }
 
 /// Whether `p` lies in memory spanalloc manages (any heap). Reads only
 /// spanalloc's own metadata, never `p`.
 pub fn owns(p: *const u8) -> bool {
-    arena::span_of(p as usize).is_some_and(|(_, span)| !span.is_null())
+    crate::arena::span_of(p as usize).is_some_and(|(_, span)| !span.is_null())
 }
 
 /// `malloc_usable_size(p)`: the bytes the object at `p` can hold (0 for
 /// null). Aborts if `p` is not an object spanalloc handed out.
+#[inline]
 pub fn usable_size(p: *const u8) -> usize {
     if p.is_null() {
         return 0;
     }
-    let (size, _) = object_layout(p as usize);
-    size
-}
-
-/// The size and alignment to free the object at `addr` with.
-fn object_layout(addr: usize) -> (usize, usize) {
-    let Some((_, span)) = arena::span_of(addr) else {
-        crate::report::invalid_free(addr);
-    };
-    // SAFETY: a non-null page entry points at a live span record.
-    let Some(span) = (unsafe { span.as_ref() }) else {
-        crate::report::invalid_free(addr);
-    };
-    match span.kind {
-        SpanKind::Small => (span.elem_size as usize, 8),
-        SpanKind::Large if span.base == addr => (span.npages * PAGE_SIZE, 8),
-        _ => crate::report::invalid_free(addr),
-    }
+    mcache::usable_size(p as usize)
 }
 
 /// `free(p)`; null is a no-op.
@@ -91,31 +77,35 @@ fn object_layout(addr: usize) -> (usize, usize) {
 /// # Safety
 /// `p` must be null or an object from this allocator that is still live
 /// (violations spanalloc can detect abort with a report).
+#[inline]
 pub unsafe fn free(p: *mut u8) {
     if p.is_null() {
         return;
     }
-    let (size, align) = object_layout(p as usize);
-    let size = if size > MAX_SMALL { MAX_SMALL + 1 } else { size };
-    // SAFETY: the layout names the object's own size class.
-    unsafe { SpanAlloc.dealloc(p, Layout::from_size_align_unchecked(size, align)) }
+    // SAFETY: one operation on this thread's cache.
+    let (c, h) = unsafe { thread::current() };
+    c.free_unsized(&h, p as usize)
 }
 
 /// `free_sized(p, size)` / `free_aligned_sized(p, align, size)`: as
-/// [`free`], but the caller states the size it allocated; a size of another
-/// size class aborts with a report.
+/// [`free`], for a caller that states the size and alignment it allocated
+/// with. The object must be able to hold that size, at that alignment (a
+/// block that shrank in place by `realloc` keeps its object, so any size up
+/// to the object's is accepted); anything else aborts with a report.
 ///
 /// # Safety
 /// As for [`free`].
+#[inline]
 pub unsafe fn free_sized(p: *mut u8, size: usize, align: usize) {
     if p.is_null() {
         return;
     }
-    let Ok(layout) = Layout::from_size_align(size.max(1), align.max(c_align(size))) else {
-        crate::report::invalid_free(p as usize);
-    };
-    // SAFETY: the caller's contract; a wrong size is detected and reported.
-    unsafe { SpanAlloc.dealloc(p, layout) }
+    let usable = mcache::usable_size(p as usize);
+    if size > usable || (align > 1 && !(p as usize).is_multiple_of(align)) {
+        crate::report::layout_mismatch(p as usize, size, usable);
+    }
+    // SAFETY: the caller's contract; the size fits the object.
+    unsafe { free(p) }
 }
 
 /// `realloc(p, size)` for `p` not null and `size` not zero (the C layer
@@ -124,20 +114,13 @@ pub unsafe fn free_sized(p: *mut u8, size: usize, align: usize) {
 ///
 /// # Safety
 /// As for [`free`].
+#[inline]
 pub unsafe fn realloc(p: *mut u8, size: usize) -> *mut u8 {
-    let (old, _) = object_layout(p as usize);
-    if size <= old && (size < 16 || (p as usize).is_multiple_of(16)) && (old <= MAX_SMALL || size > MAX_SMALL) {
-        return p;
+    if size > isize::MAX as usize {
+        return ptr::null_mut();
     }
-    let new = malloc(size);
-    if !new.is_null() {
-        // SAFETY: both objects are live and distinct.
-        unsafe {
-            ptr::copy_nonoverlapping(p, new, old.min(size));
-            free(p);
-        }
-    }
-    new
+    // SAFETY: forwarded from the caller.
+    thread::with_cache(|c, h| unsafe { c.realloc_c(h, p as usize, size) })
 }
 
 /// `malloc_trim`: gives free memory back to the OS now.
@@ -168,5 +151,19 @@ mod tests {
         let z = calloc(10, 10);
         assert!(unsafe { core::slice::from_raw_parts(z, 100) }.iter().all(|&b| b == 0));
         unsafe { free_sized(z, 100, 16) };
+    }
+
+    #[test]
+    fn a_page_aligned_small_block_and_a_shrunk_block_are_freed_with_their_sizes() {
+        // Aligned beyond a page: a large span of one page, freed unsized.
+        let p = aligned_alloc(16 << 10, 100);
+        assert_eq!(p as usize % (16 << 10), 0);
+        unsafe { free(p) };
+        // A block that shrank in place keeps its object; the size it was
+        // shrunk to is a valid size to free it with.
+        let q = malloc(100);
+        let r = unsafe { realloc(q, 60) };
+        assert_eq!(r, q, "shrinking by less than half stays in place");
+        unsafe { free_sized(r, 60, 8) };
     }
 }

@@ -44,12 +44,15 @@
 use core::ffi::c_void;
 use core::ptr;
 
-use crate::heap::Heap;
-use crate::mheap::{self, Releaser, SLEEP_NAPPING, SLEEP_OFF, SLEEP_PARKED};
+use crate::heap::{Background, Heap};
+use crate::mheap::{self, MHeap, Releaser, SLEEP_NAPPING, SLEEP_OFF, SLEEP_PARKED};
 use crate::os;
 use crate::sizeclass::PAGE_SIZE;
-use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use crate::thread::HEAP;
+use crate::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+
+/// What the global heap is made with (`Heap::with_background`): its slow
+/// paths start, wake or ask this module through these.
+pub(crate) static BACKGROUND: Background = Background { wanted, kick, running };
 
 /// The thread's stack: its frames take a few KiB; glibc puts the thread's
 /// descriptor and static TLS at the top. Untouched pages cost nothing.
@@ -66,6 +69,8 @@ const RUNNING: u32 = 2;
 /// The thread could not be created: the slow paths tick from then on.
 const FAILED: u32 = 3;
 static STATE: AtomicU32 = AtomicU32::new(NOT_STARTED);
+/// The heap the thread serves (set before it starts; null until then).
+static SERVED: AtomicPtr<Heap> = AtomicPtr::new(ptr::null_mut());
 /// The thread's stack mapping, for a forked child to unmap.
 static STACK_MAP: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
 
@@ -80,8 +85,7 @@ static STACK_MAP: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
 /// calls [`crate::release`].
 pub fn set_background_release(on: bool) {
     ENABLED.store(on, Ordering::SeqCst);
-    if STATE.load(Ordering::Acquire) == RUNNING {
-        let mh = &HEAP.shared().mheap;
+    if let Some(mh) = served() {
         for state in [SLEEP_OFF, SLEEP_NAPPING, SLEEP_PARKED] {
             mh.wake(state);
         }
@@ -96,8 +100,8 @@ pub fn set_background_release(on: bool) {
 /// allocator's and those made with [`crate::Heap::new`].
 pub fn set_release_decay_ms(ms: u64) {
     mheap::set_decay_ms(ms);
-    if STATE.load(Ordering::Acquire) == RUNNING {
-        HEAP.shared().mheap.wake(SLEEP_NAPPING);
+    if let Some(mh) = served() {
+        mh.wake(SLEEP_NAPPING);
     }
 }
 
@@ -106,21 +110,26 @@ pub fn release_decay_ms() -> u64 {
     mheap::decay_ms()
 }
 
-/// Whether `heap` is the one the background releaser serves.
-fn serves(heap: &Heap) -> bool {
-    ptr::eq(heap, &HEAP)
+/// The mheap of the heap the running thread serves.
+fn served() -> Option<&'static MHeap> {
+    if STATE.load(Ordering::Acquire) != RUNNING {
+        return None;
+    }
+    // SAFETY: set to a `static` heap before the thread started.
+    let heap = unsafe { SERVED.load(Ordering::Acquire).as_ref() }?;
+    Some(&heap.shared().mheap)
 }
 
-/// Whether a background thread gives `heap`'s memory back.
-pub(crate) fn running(heap: &Heap) -> bool {
-    serves(heap) && ENABLED.load(Ordering::Relaxed) && STATE.load(Ordering::Acquire) == RUNNING
+/// Whether the background thread gives its heap's memory back.
+fn running() -> bool {
+    ENABLED.load(Ordering::Relaxed) && STATE.load(Ordering::Acquire) == RUNNING
 }
 
-/// Whether `heap` should get its background releaser now: it serves the
-/// global heap, has not started, and the heap holds enough dirty memory.
+/// Whether `heap` should get its background releaser now: it has not
+/// started, and the heap holds enough dirty memory.
 #[inline]
-pub(crate) fn wanted(heap: &Heap) -> bool {
-    STATE.load(Ordering::Relaxed) == NOT_STARTED && serves(heap) && ENABLED.load(Ordering::Relaxed) && {
+fn wanted(heap: &'static Heap) -> bool {
+    STATE.load(Ordering::Relaxed) == NOT_STARTED && ENABLED.load(Ordering::Relaxed) && {
         let k = &heap.shared().mheap.counters;
         k.free_pages.get().saturating_sub(k.released_pages.get()) >= START_PAGES
     }
@@ -130,8 +139,8 @@ pub(crate) fn wanted(heap: &Heap) -> bool {
 /// background releaser if `heap` is the global heap and holds enough dirty
 /// memory, or wakes it if it sleeps. Returns whether the releaser does the
 /// tick (else the caller does).
-pub(crate) fn kick(heap: &Heap) -> bool {
-    if !serves(heap) || !ENABLED.load(Ordering::Relaxed) {
+fn kick(heap: &'static Heap) -> bool {
+    if !ENABLED.load(Ordering::Relaxed) {
         return false;
     }
     match STATE.load(Ordering::Acquire) {
@@ -139,18 +148,20 @@ pub(crate) fn kick(heap: &Heap) -> bool {
             heap.shared().mheap.wake(SLEEP_PARKED);
             true
         }
-        NOT_STARTED => wanted(heap) && start(),
+        NOT_STARTED => wanted(heap) && start(heap),
         _ => false,
     }
 }
 
 /// Starts the thread (one caller wins; the others tick themselves).
 #[cold]
-fn start() -> bool {
+fn start(heap: &'static Heap) -> bool {
     if STATE.compare_exchange(NOT_STARTED, STARTING, Ordering::AcqRel, Ordering::Relaxed).is_err() {
         return false;
     }
-    match os::spawn_thread(releaser, ptr::null_mut(), STACK) {
+    let heap = ptr::from_ref(heap).cast_mut();
+    SERVED.store(heap, Ordering::Release);
+    match os::spawn_thread(releaser, heap.cast(), STACK) {
         Some((base, len)) => {
             STACK_MAP[0].store(base, Ordering::Relaxed);
             STACK_MAP[1].store(len, Ordering::Relaxed);
@@ -165,9 +176,11 @@ fn start() -> bool {
 }
 
 /// The thread: a tick whenever one is due, asleep in between.
-extern "C" fn releaser(_: *mut c_void) -> *mut c_void {
+extern "C" fn releaser(heap: *mut c_void) -> *mut c_void {
     os::set_thread_name(c"spanalloc-bg");
-    let mh = &HEAP.shared().mheap;
+    // SAFETY: `start` passes a `static` heap.
+    let heap = unsafe { &*heap.cast::<Heap>() };
+    let mh = &heap.shared().mheap;
     loop {
         if !ENABLED.load(Ordering::SeqCst) {
             mh.doze(SLEEP_OFF, 0, || !ENABLED.load(Ordering::SeqCst));
@@ -175,7 +188,7 @@ extern "C" fn releaser(_: *mut c_void) -> *mut c_void {
         }
         let seq = mh.put_seq();
         if mh.tick_due(os::now_ms()) {
-            let waiting = HEAP.tick(Releaser::Background, usize::MAX, true);
+            let waiting = heap.tick(Releaser::Background, usize::MAX, true);
             // Nothing left to wait for: sleep until pages are freed.
             if waiting == 0 && mh.park(seq) {
                 continue;
@@ -197,6 +210,9 @@ pub(crate) fn after_fork_child() {
     if base != 0 {
         os::unmap(base as *mut u8, len);
     }
-    HEAP.shared().mheap.forget_sleeper();
+    // SAFETY: null, or the `static` heap `start` stored.
+    if let Some(heap) = unsafe { SERVED.load(Ordering::Acquire).as_ref() } {
+        heap.shared().mheap.forget_sleeper();
+    }
     STATE.store(NOT_STARTED, Ordering::Release);
 }

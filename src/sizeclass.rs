@@ -108,6 +108,34 @@ const fn build_lookup() -> [u8; MAX_SMALL / 8 + 1] {
     table
 }
 
+/// The class of every size up to [`MAX_SMALL`] for C's `malloc`, indexed by
+/// `(size + 7) / 8`: as [`CLASS_BY_WORD`], but a request of 16 bytes or
+/// more never gets the one class of that size that is not 16-aligned (24
+/// bytes): C promises `alignof(max_align_t)`, 16, for such requests.
+static C_CLASS_BY_WORD: [u8; MAX_SMALL / 8 + 1] = build_c_lookup();
+
+const fn build_c_lookup() -> [u8; MAX_SMALL / 8 + 1] {
+    let mut table = build_lookup();
+    let mut i = 0;
+    while i < table.len() {
+        let c = table[i] as usize;
+        if i * 8 > 16 && !SIZES[c].is_multiple_of(16) {
+            table[i] = (c + 1) as u8;
+        }
+        i += 1;
+    }
+    table
+}
+
+/// The class of `size` (at most [`MAX_SMALL`]) for C's `malloc`: 16-aligned
+/// for 16 bytes or more, 8-aligned below.
+#[inline(always)]
+pub(crate) fn c_class(size: usize) -> usize {
+    debug_assert!(size <= MAX_SMALL);
+    // SAFETY: size <= MAX_SMALL makes the index at most MAX_SMALL / 8.
+    unsafe { *C_CLASS_BY_WORD.get_unchecked((size + 7) >> 3) as usize }
+}
+
 /// The class of `size`, which must be at most [`MAX_SMALL`], at the
 /// alignment every class has (8).
 #[inline(always)]
@@ -153,6 +181,10 @@ pub const fn bitmap_words(nelems: u32) -> usize {
 
 /// The most objects any span holds (class 1: 1024 objects of 8 bytes).
 pub const MAX_NELEMS: u32 = PAGE_SIZE as u32 / 8;
+
+// The C table's one change: 17..=24 bytes go to 32, the next class.
+static_assertions::const_assert_eq!(SIZES[3], 24);
+static_assertions::const_assert_eq!(SIZES[4] % 16, 0);
 
 // The fast paths rely on these.
 static_assertions::const_assert_eq!(SIZES[NUM_CLASSES - 1] as usize, MAX_SMALL);
@@ -201,6 +233,20 @@ mod tests {
             rows += 1;
         }
         assert_eq!(rows, NUM_CLASSES - 1);
+    }
+
+    #[test]
+    fn the_c_lookup_gives_16_byte_alignment_to_every_request_of_16_bytes_or_more() {
+        for size in 0..=MAX_SMALL {
+            let c = c_class(size);
+            let info = CLASSES[c];
+            assert!(info.size as usize >= size.max(1), "size {size}");
+            if size >= 16 {
+                assert_eq!(info.size % 16, 0, "size {size} got class {c} of {} bytes", info.size);
+            }
+            // The smallest class that does so.
+            assert!(c == 1 || CLASSES[c - 1].size < size as u32 || (size >= 16 && !CLASSES[c - 1].size.is_multiple_of(16)));
+        }
     }
 
     #[test]

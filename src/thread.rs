@@ -38,16 +38,18 @@
 use core::cell::{Cell, UnsafeCell};
 use core::ptr;
 
+use crate::arena::TAG_CENTRAL;
 use crate::heap::Heap;
 use crate::index;
 use crate::mcache::{CacheCore, Host, Mode};
 use crate::os;
+use crate::profile::{self, Sample};
 use crate::stats::CacheStats;
 use crate::sync::Mutex;
-use crate::sync::unmodelled::{AtomicUsize, Ordering};
+use crate::sync::unmodelled::{AtomicU32, AtomicUsize, Ordering};
 
 /// The heap behind [`crate::SpanAlloc`].
-pub(crate) static HEAP: Heap = Heap::new();
+pub(crate) static HEAP: Heap = Heap::with_background(&crate::scavenger::BACKGROUND);
 
 /// One thread's object cache and its counters.
 struct ThreadCache {
@@ -55,6 +57,10 @@ struct ThreadCache {
     stats: CacheStats,
     /// Set-up done for this thread (`REGISTERED`, `EXIT_HOOK`).
     flags: Cell<u8>,
+    /// Prepare handlers this thread ran without their parent or child
+    /// handler yet (see `fork_prepare`). Here, not in a thread-local of its
+    /// own, so the child's handler reaches it with no lazy TLS set-up.
+    fork_depth: Cell<usize>,
 }
 
 /// The thread's counters are on the heap's registry.
@@ -62,12 +68,14 @@ const REGISTERED: u8 = 1;
 /// The thread-exit key is set for the thread.
 const EXIT_HOOK: u8 = 2;
 
+#[cfg(not(all(feature = "initial-exec-tls", target_arch = "x86_64")))]
 thread_local! {
     static CACHE: ThreadCache = const {
         ThreadCache {
             core: UnsafeCell::new(CacheCore::new(Mode::ThreadFresh)),
             stats: CacheStats::new(),
             flags: Cell::new(0),
+            fork_depth: Cell::new(0),
         }
     };
 }
@@ -75,9 +83,57 @@ thread_local! {
 /// The calling thread's cache. The closure is trivial on purpose: the
 /// thread-local access then inlines to one TLS-relative address wherever the
 /// allocator is inlined, instead of a call through the key's accessor.
+#[cfg(not(all(feature = "initial-exec-tls", target_arch = "x86_64")))]
 #[inline(always)]
 fn thread_cache() -> *const ThreadCache {
     CACHE.with(|tc| tc as *const ThreadCache)
+}
+
+// With the `initial-exec-tls` feature (for `libspanalloc.so`), the cache is
+// a block in `.tbss` reached in the initial-exec model: in a shared object
+// a `thread_local!` is general-dynamic on stable Rust, and its
+// `__tls_get_addr` may call `malloc` (glibc grows a thread's TLS vector
+// lazily after a `dlopen`), which would re-enter the allocator from inside
+// itself. `.tbss` is zero-filled: an all-zero `ThreadCache` is a fresh one
+// (`Mode::ThreadFresh` is 0, every stack empty and full, every pointer
+// null). The library must then be loaded at start-up (preloaded or
+// linked), not `dlopen`ed: it needs the static TLS block.
+#[cfg(all(feature = "initial-exec-tls", target_arch = "x86_64"))]
+core::arch::global_asm!(
+    ".pushsection .tbss,\"awT\",@nobits",
+    ".p2align 6",
+    ".globl spanalloc_thread_cache",
+    ".hidden spanalloc_thread_cache",
+    ".type spanalloc_thread_cache,@object",
+    ".size spanalloc_thread_cache, {size}",
+    "spanalloc_thread_cache:",
+    ".skip {size}",
+    ".popsection",
+    size = const size_of::<ThreadCache>(),
+);
+
+#[cfg(all(feature = "initial-exec-tls", target_arch = "x86_64"))]
+static_assertions::const_assert!(align_of::<ThreadCache>() <= 64);
+
+/// The calling thread's cache: the thread pointer plus the block's offset,
+/// which the GOT holds (one load, one add; no call).
+#[cfg(all(feature = "initial-exec-tls", target_arch = "x86_64"))]
+#[inline(always)]
+fn thread_cache() -> *const ThreadCache {
+    let p: *const ThreadCache;
+    // SAFETY: `fs:0` holds the thread pointer on x86-64 Linux, and the GOT
+    // entry holds the block's offset from it: the sum is this thread's
+    // block, alive as long as the thread. The result depends only on the
+    // thread, so the compiler may reuse it.
+    unsafe {
+        core::arch::asm!(
+            "mov {p}, qword ptr fs:[0]",
+            "add {p}, qword ptr [rip + spanalloc_thread_cache@GOTTPOFF]",
+            p = out(reg) p,
+            options(pure, readonly, nostack),
+        );
+    }
+    p
 }
 
 /// The host of a thread's cache: the static heap, the thread's counters.
@@ -111,16 +167,108 @@ impl Host for ThreadHost {
         // SAFETY: the caller's contract, forwarded.
         unsafe { FALLBACK.lock().dealloc(&FallbackHost, addr as *mut u8, size, align) }
     }
+
+    fn sampled_alloc(&self, sample: Sample, size: usize, align: usize, zero: bool) -> Option<*mut u8> {
+        let p = {
+            let mut pc = PROFILED.lock();
+            if zero { pc.alloc_zeroed(&ProfileHost, size, align) } else { pc.alloc(&ProfileHost, size, align) }
+        };
+        if !p.is_null() {
+            profile::record(sample, p as usize, 0, None);
+        }
+        Some(p)
+    }
+
+    fn sampled_free(&self, addr: usize, tag: u32) -> bool {
+        let index = PROFILED_INDEX.load(Ordering::Relaxed);
+        if index == 0 || (tag & !TAG_CENTRAL) >> 7 != index {
+            return false;
+        }
+        let info = crate::sizeclass::CLASSES[crate::arena::tag_class(tag)];
+        let mut pc = PROFILED.lock();
+        // The record goes first: once the object is free, the profile's
+        // cache may hand it to the next sample, recorded again.
+        profile::unrecord(addr);
+        // SAFETY: the caller checked the pointer is an object of this class
+        // (the free checks it is live).
+        unsafe { pc.dealloc(&ProfileHost, addr as *mut u8, info.size as usize, 8) };
+        true
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The heap profile's cache.
+
+/// The cache that serves the small objects the heap profile samples, shared
+/// by all threads behind a lock. Its spans carry its own index in their
+/// page tags, so the free of a sample, on any thread, misses the fast path
+/// (no cache's tag matches) and comes here: the record is dropped at no
+/// cost to frees of other objects. It keeps every span that holds a sample.
+static PROFILED: Mutex<CacheCore> = Mutex::new(CacheCore::new(Mode::ThreadFresh));
+static PROFILED_STATS: CacheStats = CacheStats::new();
+/// The profile cache's index (0 until its first sample).
+static PROFILED_INDEX: AtomicU32 = AtomicU32::new(0);
+
+struct ProfileHost;
+
+impl Host for ProfileHost {
+    fn heap(&self) -> &Heap {
+        &HEAP
+    }
+
+    fn stats(&self) -> &CacheStats {
+        &PROFILED_STATS
+    }
+
+    fn activate(&self, core: &mut CacheCore) {
+        if core.attach() {
+            core.mode = Mode::Explicit;
+            core.keep_spans = true;
+            PROFILED_INDEX.store(core.index, Ordering::Relaxed);
+            // SAFETY: a static lives forever.
+            unsafe { HEAP.register(&PROFILED_STATS) };
+        }
+    }
+
+    fn fallback_alloc(&self, _size: usize, _align: usize, _zero: bool) -> *mut u8 {
+        ptr::null_mut()
+    }
+
+    fn fallback_dealloc(&self, addr: usize, _size: usize, _align: usize) {
+        crate::report::invalid_free(addr);
+    }
+
+    fn sampled_alloc(&self, _: Sample, _: usize, _: usize, _: bool) -> Option<*mut u8> {
+        None
+    }
+
+    fn sampled_free(&self, _: usize, _: u32) -> bool {
+        false
+    }
+}
+
+/// The calling thread's cache and its host, for one allocator operation.
+/// No closure: the fast paths inline into the caller whatever the
+/// compiler thinks of a closure's size.
+///
+/// # Safety
+/// The caller uses the reference for one operation, on this thread, and
+/// does not reach the cache again meanwhile (the allocator never re-enters
+/// itself: set-up routes nested calls to the fallback).
+#[inline(always)]
+pub(crate) unsafe fn current() -> (&'static mut CacheCore, ThreadHost) {
+    let tc = thread_cache();
+    // SAFETY: the cache lives as long as its thread; only this thread
+    // reaches it, and the caller's contract makes this the only reference.
+    unsafe { (&mut *(*tc).core.get(), ThreadHost { tc }) }
 }
 
 /// Runs `f` on the calling thread's cache.
 #[inline(always)]
 pub(crate) fn with_cache<R>(f: impl FnOnce(&mut CacheCore, &ThreadHost) -> R) -> R {
-    let tc = thread_cache();
-    // SAFETY: the cache lives as long as its thread; only this thread
-    // reaches it, and the allocator never re-enters itself (set-up routes
-    // nested calls to the fallback), so this is the only reference.
-    unsafe { f(&mut *(*tc).core.get(), &ThreadHost { tc }) }
+    // SAFETY: one operation, on this thread.
+    let (c, h) = unsafe { current() };
+    f(c, &h)
 }
 
 /// Gives the calling thread's cached objects and spans back to the heap
@@ -167,6 +315,14 @@ impl Host for FallbackHost {
 
     fn fallback_dealloc(&self, addr: usize, _size: usize, _align: usize) {
         crate::report::fatal_resource_at("a free through the fallback cache (no memory for its slots)", addr);
+    }
+
+    fn sampled_alloc(&self, _: Sample, _: usize, _: usize, _: bool) -> Option<*mut u8> {
+        None
+    }
+
+    fn sampled_free(&self, addr: usize, tag: u32) -> bool {
+        ThreadHost { tc: ptr::null() }.sampled_free(addr, tag)
     }
 }
 
@@ -263,9 +419,39 @@ fn register_thread(tc: &ThreadCache) {
     }
 }
 
-/// The process's set-up at load time, before any thread can race it.
+/// The process's set-up at load time, before any thread can race it: the
+/// thread-exit key, the fork handlers, and what the `SPANALLOC` variable
+/// asks for (see `profile::env`): the profile's rate and the release decay
+/// now, and a profile or the statistics written at exit.
 extern "C" fn at_load() {
     process_hooks();
+    profile::set_rearm_hook(|| with_cache(|c, _| c.refresh_sampler()));
+    profile::apply_env();
+    let config = profile::env::config();
+    if let Some(ms) = config.decay_ms {
+        crate::scavenger::set_release_decay_ms(ms);
+    }
+    if config.stats_at_exit || config.profile_path().is_some() {
+        // SAFETY: a plain function valid for the whole process.
+        unsafe { libc::atexit(at_exit) };
+    }
+}
+
+/// What `SPANALLOC` asks for at exit. Runs outside the allocator, so it may
+/// allocate; failures are reported in one line, never a panic.
+extern "C" fn at_exit() {
+    let config = profile::env::config();
+    if config.profile_path().is_some()
+        && let Err(e) = profile::write_configured_profile()
+    {
+        let mut line = crate::report::Line::new();
+        line.str("spanalloc: cannot write the heap profile: ").str(e.kind().to_string().as_str());
+        line.emit();
+    }
+    if config.stats_at_exit {
+        let text = crate::stats().to_string();
+        crate::os::write_stderr(text.as_bytes());
+    }
 }
 
 #[used]
@@ -361,21 +547,26 @@ fn fork_locks(lock: bool) {
         }
     }
     raw(FALLBACK.raw());
+    raw(PROFILED.raw());
+    profile::for_each_lock(raw);
     Heap::fork_lock_all(lock, |h| h.for_each_lock(raw));
     spin(index::lock_for_fork());
     spin(crate::mcache::slot_lock_for_fork());
 }
 
-thread_local! {
-    /// Prepare handlers this thread ran without their parent or child
-    /// handler yet. The handlers may be registered twice (see
-    /// `process_hooks`); only the outermost pair takes and releases the
-    /// locks. Per thread: a `fork` on another thread still waits for them.
-    static FORK_DEPTH: Cell<usize> = const { Cell::new(0) };
+/// The calling thread's count of prepare handlers run. The handlers may be
+/// registered twice (see `process_hooks`); only the outermost pair takes
+/// and releases the locks. Per thread: a `fork` on another thread still
+/// waits for them.
+fn fork_depth() -> &'static Cell<usize> {
+    // SAFETY: the thread's block lives as long as the thread, which uses
+    // the reference at once.
+    unsafe { &(*thread_cache()).fork_depth }
 }
 
 extern "C" fn fork_prepare() {
-    let depth = FORK_DEPTH.with(|d| d.replace(d.get() + 1));
+    let d = fork_depth();
+    let depth = d.replace(d.get() + 1);
     if depth == 0 {
         fork_locks(true);
     }
@@ -392,7 +583,8 @@ extern "C" fn fork_child() {
 }
 
 fn fork_done() {
-    let depth = FORK_DEPTH.with(|d| d.replace(d.get().saturating_sub(1)));
+    let d = fork_depth();
+    let depth = d.replace(d.get().saturating_sub(1));
     if depth == 1 {
         fork_locks(false);
     }

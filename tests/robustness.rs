@@ -218,7 +218,7 @@ fn fork_while_other_threads_hold_an_explicit_heaps_locks_leaves_it_working_in_th
                         unsafe { cache.dealloc(p, l) };
                     }
                     cache.flush();
-                    if i % 7 == 0 {
+                    if i.is_multiple_of(7) {
                         heap.release();
                     }
                     i += 1;

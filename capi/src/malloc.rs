@@ -21,7 +21,6 @@ use core::ffi::c_void;
 use core::ptr;
 
 use spanalloc_core::raw;
-use spanalloc_core::sizeclass::{MAX_SMALL, PAGE_SIZE};
 
 use crate::{foreign, nested};
 
@@ -61,11 +60,6 @@ pub(crate) fn alloc(size: usize) -> *mut u8 {
 #[inline(always)]
 pub(crate) fn alloc_aligned(align: usize, size: usize) -> *mut u8 {
     let align = align.max(c_align(size));
-    // The core serves alignments above its page as a large span; one of a
-    // few pages (size up to MAX_SMALL) is then freed by `raw::free` as if
-    // it were a small object, and aborts. Until the core sizes such spans
-    // itself, ask for a size that is large in either view.
-    let size = if align > PAGE_SIZE { size.max(MAX_SMALL + 1) } else { size };
     let nested = nested::enter();
     let p = if !nested { raw::aligned_alloc(align, size) } else { nested::alloc(size, align) };
     nested::leave();

@@ -108,7 +108,7 @@ fn cxx_operators_pass_under_glibc_and_under_spanalloc() {
 }
 
 #[test]
-fn dlopen_of_modules_with_tls_reenters_malloc_and_is_survived() {
+fn dlopen_of_modules_with_tls_does_not_reenter_malloc() {
     let module = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tlsmod.so");
     let status = Command::new("cc")
         .args(["-O2", "-shared", "-fPIC", "-o"])
@@ -126,10 +126,13 @@ fn dlopen_of_modules_with_tls_reenters_malloc_and_is_survived() {
         assert!(o.status.success(), "preload {preload}: {}\n{out}\n{err}", o.status);
         assert!(out.contains("tls_dlopen: ok"), "{out}");
         if preload {
-            // glibc grew the old threads' DTVs (and freed stale entries) from
-            // inside spanalloc's own TLS access: the nested calls happened.
+            // glibc grows the old threads' TLS vectors (and frees stale
+            // entries) lazily, from inside `__tls_get_addr`, with malloc.
+            // spanalloc reaches its thread state in the initial-exec model,
+            // with no such call, so none of those mallocs comes from inside
+            // one of its own: no call arrives nested.
             let nested = value(&out, "nested calls:").expect("no nested count");
-            assert!(nested > 0, "no nested call: the test did not reach glibc's DTV update\n{out}");
+            assert_eq!(nested, 0, "a malloc re-entered spanalloc from inside itself\n{out}");
         }
     }
 }
