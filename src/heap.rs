@@ -54,8 +54,11 @@ pub(crate) struct Background {
     /// holds enough dirty free memory).
     pub(crate) wanted: fn(&'static Heap) -> bool,
     /// A tick is due (or `wanted` said yes): starts or wakes the releaser.
-    /// Returns whether it runs the tick (else the caller does).
-    pub(crate) kick: fn(&'static Heap) -> bool,
+    /// Returns whether it runs the tick (else the caller does). With
+    /// `busy`, after a tick on a slow path that found memory coming back
+    /// (objects freed remotely into the mcentrals' spans, say, with no
+    /// free page yet), it starts even without dirty free pages.
+    pub(crate) kick: fn(&'static Heap, bool) -> bool,
     /// Whether the releaser gives the heap's memory back now.
     pub(crate) running: fn() -> bool,
 }
@@ -382,6 +385,19 @@ impl Heap {
         }
     }
 
+    /// After a remote free made a used-up span of an mcentral reusable
+    /// (once per span): memory is coming back there, and only scavenger
+    /// ticks give it on to the mheap and the OS. The frees that empty the
+    /// span may all come before the next tick is due on anybody's slow
+    /// path, so the background releaser must be running (and awake) to see
+    /// them: this starts or wakes it.
+    #[inline]
+    pub(crate) fn note_central_free(&self) {
+        if let Some(b) = self.background {
+            (b.kick)(self.as_static(), true);
+        }
+    }
+
     /// Whether this heap should get its background releaser now (not
     /// waiting for a tick: a program may free its peak between two ticks
     /// and then make no more calls).
@@ -402,11 +418,15 @@ impl Heap {
 
     #[cold]
     fn tick_from_slow_path(&self, now: u64) {
-        if self.background.is_some_and(|b| (b.kick)(self.as_static())) {
+        if self.background.is_some_and(|b| (b.kick)(self.as_static(), false)) {
             return;
         }
-        if self.shared().mheap.tick_due(now) {
-            self.tick(Releaser::Other, INLINE_BATCHES, false);
+        if self.shared().mheap.tick_due(now) && self.tick(Releaser::Other, INLINE_BATCHES, false) > 0 {
+            // Memory is coming back: the rest of it must not wait for the
+            // program's next slow path.
+            if let Some(b) = self.background {
+                (b.kick)(self.as_static(), true);
+            }
         }
     }
 
@@ -414,14 +434,16 @@ impl Heap {
     /// pages that stayed free for the decay go back to the OS (at most
     /// `max_batches` batches; `wait` for another releaser, or skip), and
     /// the other free pages age. Returns the free dirty pages left for
-    /// later ticks.
+    /// later ticks plus what came back to the mcentrals (remote frees
+    /// merged, spans given back): 0 when there is nothing to wait for.
     pub(crate) fn tick(&self, who: Releaser, max_batches: usize, wait: bool) -> usize {
         let sh = self.shared();
+        let mut came_back = 0;
         for central in &sh.central[1..] {
-            central.release_empty(&sh.mheap);
+            came_back += central.release_empty(&sh.mheap);
         }
         sh.mheap.scavenge(false, who, wait, max_batches);
-        sh.mheap.age(wait)
+        sh.mheap.age(wait) + came_back
     }
 
     /// Adds a dropped cache's counters to the heap's.

@@ -72,9 +72,9 @@ mod sync;
 mod thread;
 
 #[cfg(not(loom))]
-pub use global::{SpanAlloc, release, stats};
+pub use global::{SpanAlloc, release, set_background_release, stats};
 #[cfg(not(loom))]
-pub use scavenger::{release_decay_ms, set_background_release, set_release_decay_ms};
+pub use scavenger::{release_decay_ms, set_release_decay_ms};
 
 /// Internals the loom models in `loom-tests/` check directly. Not API.
 #[cfg(loom)]

@@ -856,7 +856,9 @@ impl MHeap {
     /// Wakes the background releaser if it sleeps in state `from`.
     #[cfg(not(loom))]
     pub(crate) fn wake(&self, from: u32) {
-        if self.sleep.compare_exchange(from, SLEEP_AWAKE, Ordering::SeqCst, Ordering::Relaxed).is_ok() {
+        if self.sleep.load(Ordering::SeqCst) == from
+            && self.sleep.compare_exchange(from, SLEEP_AWAKE, Ordering::SeqCst, Ordering::Relaxed).is_ok()
+        {
             os::futex_wake_one(&self.sleep);
         }
     }

@@ -33,7 +33,7 @@
 //!   child's first due tick with enough dirty memory starts one. `fork`
 //!   takes the release lock first, so no batch of pages is out in the
 //!   child.
-//! - **Turned off** with [`set_background_release`]`(false)`: the thread
+//! - **Turned off** with `spanalloc::set_background_release(false)`: the thread
 //!   sleeps, and the slow paths tick again (a few batches at a time).
 //!   [`set_release_decay_ms`] sets the decay.
 //!
@@ -74,21 +74,18 @@ static SERVED: AtomicPtr<Heap> = AtomicPtr::new(ptr::null_mut());
 /// The thread's stack mapping, for a forked child to unmap.
 static STACK_MAP: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
 
-/// Turns the background release of the global allocator's free memory on
-/// (the default) or off.
-///
-/// While it is on, memory that stays free for the decay (see
-/// [`set_release_decay_ms`]) goes back to the OS even if the program never
-/// calls the allocator again, from a thread spanalloc starts once there is
-/// something to give back. While it is off, the same happens only as the
-/// program keeps allocating (on the allocator's slow paths), or when it
-/// calls [`crate::release`].
-pub fn set_background_release(on: bool) {
+/// Turns background release on or off (`spanalloc::set_background_release`,
+/// for `heap`, the global heap). Turned on with enough dirty memory and no
+/// thread yet, it starts the thread: the program may make no allocator
+/// call after this one.
+pub(crate) fn set_background(heap: &'static Heap, on: bool) {
     ENABLED.store(on, Ordering::SeqCst);
     if let Some(mh) = served() {
         for state in [SLEEP_OFF, SLEEP_NAPPING, SLEEP_PARKED] {
             mh.wake(state);
         }
+    } else if on && (wanted(heap) || big_enough(heap)) {
+        start(heap);
     }
 }
 
@@ -136,10 +133,10 @@ fn wanted(heap: &'static Heap) -> bool {
 }
 
 /// From a slow path of `heap`'s caches, when a tick is due: starts the
-/// background releaser if `heap` is the global heap and holds enough dirty
-/// memory, or wakes it if it sleeps. Returns whether the releaser does the
-/// tick (else the caller does).
-fn kick(heap: &'static Heap) -> bool {
+/// background releaser if the heap holds enough dirty memory (or, `busy`,
+/// memory is coming back to its mcentrals), or wakes it if it sleeps.
+/// Returns whether the releaser does the tick (else the caller does).
+fn kick(heap: &'static Heap, busy: bool) -> bool {
     if !ENABLED.load(Ordering::Relaxed) {
         return false;
     }
@@ -148,9 +145,15 @@ fn kick(heap: &'static Heap) -> bool {
             heap.shared().mheap.wake(SLEEP_PARKED);
             true
         }
-        NOT_STARTED => wanted(heap) && start(heap),
+        NOT_STARTED => (wanted(heap) || busy && big_enough(heap)) && start(heap),
         _ => false,
     }
+}
+
+/// Whether `heap` has grown past twice [`START_PAGES`]: a small program
+/// never gets the thread, whatever comes back to its mcentrals.
+fn big_enough(heap: &'static Heap) -> bool {
+    heap.shared().mheap.counters.sys_pages.get() >= 2 * START_PAGES
 }
 
 /// Starts the thread (one caller wins; the others tick themselves).
@@ -189,7 +192,10 @@ extern "C" fn releaser(heap: *mut c_void) -> *mut c_void {
         let seq = mh.put_seq();
         if mh.tick_due(os::now_ms()) {
             let waiting = heap.tick(Releaser::Background, usize::MAX, true);
-            // Nothing left to wait for: sleep until pages are freed.
+            // Nothing left to wait for, and nothing came back to the
+            // mcentrals since the last tick: sleep until pages are freed
+            // (or a slow path finds a tick due: remote frees into the
+            // mcentrals' spans wake it that way).
             if waiting == 0 && mh.park(seq) {
                 continue;
             }
