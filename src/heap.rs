@@ -512,6 +512,31 @@ impl Shared {
     }
 }
 
+/// For whole-allocator tests (`spanalloc::test_hooks`).
+#[cfg(all(feature = "test-hooks", not(loom)))]
+impl Heap {
+    /// Whether every lock an allocation may take (the mcentrals', the
+    /// mheap's; not the release lock) can be taken within `ms`: false if
+    /// the caller holds one, since these locks are held only for list and
+    /// bitmap operations by anybody else.
+    pub(crate) fn allocation_locks_free_within(&self, ms: u64) -> bool {
+        let sh = self.shared();
+        let deadline = os::now_ms() + ms;
+        let free = |lock: &crate::sync::RawLock| {
+            while !lock.try_lock() {
+                if os::now_ms() > deadline {
+                    return false;
+                }
+                core::hint::spin_loop();
+            }
+            // SAFETY: taken just above, by this thread.
+            unsafe { lock.unlock() };
+            true
+        };
+        sh.central[1..].iter().all(|c| free(c.lock_for_fork())) && free(sh.mheap.lock_for_fork())
+    }
+}
+
 impl Default for Heap {
     fn default() -> Self {
         Heap::new()

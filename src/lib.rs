@@ -76,6 +76,33 @@ pub use global::{SpanAlloc, release, set_background_release, stats};
 #[cfg(not(loom))]
 pub use scavenger::{release_decay_ms, set_release_decay_ms};
 
+/// Hooks for the whole-allocator tests in `tests/release_hooks.rs` (the
+/// `test-hooks` feature). Not API.
+#[cfg(all(feature = "test-hooks", not(loom)))]
+#[doc(hidden)]
+pub mod test_hooks {
+    /// Makes the allocator see kernel pages of `size` bytes (a power of two
+    /// at least the real page; 0 undoes it): each release then behaves as
+    /// `madvise` on such a kernel. Set it before the memory under test is
+    /// allocated.
+    pub fn pretend_page_size(size: usize) {
+        crate::os::hooks::pretend_page_size(size);
+    }
+
+    /// Has `f(address, length)` called before each release of memory to
+    /// the OS, on whichever thread releases; where it says false, the
+    /// release fails as if the kernel refused. `f` must not allocate.
+    pub fn set_release_hook(f: Option<fn(usize, usize) -> bool>) {
+        crate::os::hooks::set_release_hook(f);
+    }
+
+    /// Whether every lock of the global heap that an allocation may take
+    /// can be taken within `ms` (false when the caller holds one).
+    pub fn allocation_locks_free_within(ms: u64) -> bool {
+        crate::thread::HEAP.allocation_locks_free_within(ms)
+    }
+}
+
 /// Internals the loom models in `loom-tests/` check directly. Not API.
 #[cfg(loom)]
 #[doc(hidden)]

@@ -51,6 +51,13 @@ pub(crate) fn page_size() -> usize {
             return pretended;
         }
     }
+    #[cfg(all(feature = "test-hooks", not(loom)))]
+    {
+        let pretended = hooks::PAGE.load(Ordering::Relaxed);
+        if pretended != 0 {
+            return pretended;
+        }
+    }
     static PAGE: AtomicUsize = AtomicUsize::new(0);
     let cached = PAGE.load(Ordering::Relaxed);
     if cached != 0 {
@@ -143,6 +150,10 @@ pub(crate) fn release_pages(addr: *mut u8, len: usize) -> Result<(), i32> {
     {
         return Err(libc::EAGAIN);
     }
+    #[cfg(all(feature = "test-hooks", not(loom)))]
+    if !hooks::allow(addr as usize, len) {
+        return Err(libc::EAGAIN);
+    }
     // SAFETY: callers pass ranges of their own that hold no live data, up
     // to the next kernel page boundary.
     let rc = unsafe { libc::madvise(addr.cast(), len, libc::MADV_DONTNEED) };
@@ -176,6 +187,40 @@ pub(crate) fn pretend_page_size(size: usize) {
 #[cfg(all(test, not(loom)))]
 pub(crate) fn set_release_hook(f: Option<ReleaseHook>) {
     RELEASE_HOOK.with(|h| h.set(f));
+}
+
+/// The same two hooks, process-wide, for whole-allocator tests (the
+/// `test-hooks` feature; `spanalloc::test_hooks`): the background releaser
+/// releases on a thread of its own.
+#[cfg(all(feature = "test-hooks", not(loom)))]
+pub(crate) mod hooks {
+    use core::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The page size every thread sees (0: the kernel's).
+    pub(crate) static PAGE: AtomicUsize = AtomicUsize::new(0);
+    /// A `fn(usize, usize) -> bool` called before each release (0: none).
+    pub(crate) static RELEASE: AtomicUsize = AtomicUsize::new(0);
+
+    pub(super) fn allow(addr: usize, len: usize) -> bool {
+        let f = RELEASE.load(Ordering::Acquire);
+        if f == 0 {
+            return true;
+        }
+        // SAFETY: only `set_release_hook` stores here, a `fn(usize, usize) -> bool`.
+        let f: fn(usize, usize) -> bool = unsafe { core::mem::transmute(f) };
+        f(addr, len)
+    }
+
+    /// Makes [`super::page_size`] answer `size` on every thread (0 undoes it).
+    pub(crate) fn pretend_page_size(size: usize) {
+        PAGE.store(size, Ordering::Relaxed);
+    }
+
+    /// Has `f` called before every release on any thread; where it says
+    /// false, the release fails as if the kernel refused.
+    pub(crate) fn set_release_hook(f: Option<fn(usize, usize) -> bool>) {
+        RELEASE.store(f.map_or(0, |f| f as usize), Ordering::Release);
+    }
 }
 
 /// Asks the kernel not to back the range with transparent huge pages.
