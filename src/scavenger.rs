@@ -13,8 +13,9 @@
 //! # Its life
 //!
 //! - **Started lazily**, from an allocation's or a free's slow path, once
-//!   the heap holds at least [`START_PAGES`] of dirty free pages: a small
-//!   program never gets the thread. It is a raw `pthread_create` with a stack
+//!   the heap holds at least [`START_PAGES`] of dirty free pages, or once
+//!   memory comes back to the mcentrals of a heap of at least twice that
+//!   (see "Parked owners" below): a small program never gets the thread. It is a raw `pthread_create` with a stack
 //!   mapped here and every signal blocked (`os::spawn_thread`): no Rust
 //!   `std::thread` (which allocates through the allocator being called),
 //!   and nothing of the allocator's locks held meanwhile.
@@ -35,7 +36,38 @@
 //!   child.
 //! - **Turned off** with `spanalloc::set_background_release(false)`: the thread
 //!   sleeps, and the slow paths tick again (a few batches at a time).
-//!   [`set_release_decay_ms`] sets the decay.
+//!   Turned on again, it wakes (or starts, if there is memory to give
+//!   back), so no further allocator call is needed. [`set_release_decay_ms`]
+//!   sets the decay.
+//!
+//! # Parked owners
+//!
+//! Objects freed by another thread land in their span's remote bitmap (see
+//! `mspan`), whoever owns the span. A thread that allocated a lot and then
+//! blocks for good (a producer whose consumer frees everything) must not
+//! strand them. The design keeps the ownership protocol as it is and does
+//! not take spans away from a cache (its fast path touches its spans with
+//! plain loads and stores, so only the owner may hand them over):
+//!
+//! - A cache hands its used-up spans to the mcentral a few at a time as it
+//!   allocates (`mcache`'s refill), so of a producer's peak all but its
+//!   last few spans per class are the mcentral's by the time it blocks.
+//! - The first remote free into such a span queues it on the mcentral's
+//!   notify stack and calls `Heap::note_central_free`, which starts or
+//!   wakes this thread: the frees that follow may all come before anybody's
+//!   next slow path.
+//! - Each tick merges the mcentrals' remote frees and gives wholly free
+//!   spans to the mheap (`MCentral::release_empty`), and the thread keeps
+//!   ticking while anything comes back that way; it parks only after a tick
+//!   that found nothing. A consumer that resumes after it parked wakes it
+//!   from its free slow path once a tick is due.
+//!
+//! So the remotely freed objects are reusable by any thread at once (the
+//! mcentral lists the spans), and released after the decay, or at once by
+//! `release()`. What a parked cache itself holds stays with it: per class
+//! its stack, its current span and at most the hold budget of spans (about
+//! 1 MiB), plus its large-object cache. That is bounded, whatever the
+//! peak was, and goes back when the thread runs again or exits.
 //!
 //! Heaps other than the global one (`Heap::new()`) have no background
 //! releaser; their ticks run on their caches' slow paths. Under loom there

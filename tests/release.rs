@@ -271,20 +271,8 @@ fn child_entry() {
     }
 }
 
-/// The child's `key=value` fields from its line starting with `marker`.
 fn fields(case: &str, marker: &str) -> impl Fn(&str) -> u64 {
-    let out = run_child(CASE_VAR, case);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{case}: the child failed: {}\n{stderr}", String::from_utf8_lossy(&out.stdout));
-    let line = printed(&out, marker);
-    eprintln!("{case}: {line}");
-    move |key: &str| {
-        line.split_whitespace()
-            .find_map(|f| f.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
-            .unwrap_or_else(|| panic!("no {key} in {line}"))
-            .parse()
-            .unwrap_or_else(|_| panic!("{key} in {line}"))
-    }
+    support::child_fields(CASE_VAR, case, marker)
 }
 
 #[test]
