@@ -61,6 +61,9 @@ pub(crate) struct Background {
     pub(crate) kick: fn(&'static Heap, bool) -> bool,
     /// Whether the releaser gives the heap's memory back now.
     pub(crate) running: fn() -> bool,
+    /// Whether the calling thread may start the releaser now (it holds no
+    /// lock that thread creation could end up waiting for).
+    pub(crate) may_start: fn() -> bool,
 }
 
 /// A heap's state: what its caches share.
@@ -396,6 +399,11 @@ impl Heap {
         if let Some(b) = self.background {
             (b.kick)(self.as_static(), true);
         }
+    }
+
+    /// The background releaser this heap was made with.
+    pub(crate) fn background(&self) -> Option<&'static Background> {
+        self.background
     }
 
     /// Whether this heap should get its background releaser now (not

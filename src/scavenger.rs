@@ -18,7 +18,12 @@
 //!   (see "Parked owners" below): a small program never gets the thread. It is a raw `pthread_create` with a stack
 //!   mapped here and every signal blocked (`os::spawn_thread`): no Rust
 //!   `std::thread` (which allocates through the allocator being called),
-//!   and nothing of the allocator's locks held meanwhile.
+//!   and never while the calling thread holds one of the allocator's locks
+//!   (the fallback and profile caches' locks are the ones a slow path may
+//!   hold: `thread` says so through `may_start`), since `pthread_create`
+//!   takes locks of the C library. `libspanalloc.so` turns background
+//!   release off at load: there the C library itself calls `malloc` and
+//!   `free` while holding the locks thread creation needs.
 //! - **Asleep when there is nothing to do.** After a tick that leaves no
 //!   dirty page to wait for, it parks on a futex in the mheap
 //!   (`MHeap::park`); a free of pages wakes it (one relaxed load on the
@@ -83,8 +88,14 @@ use crate::sizeclass::PAGE_SIZE;
 use crate::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 
 /// What the global heap is made with (`Heap::with_background`): its slow
-/// paths start, wake or ask this module through these.
-pub(crate) static BACKGROUND: Background = Background { wanted, kick, running };
+/// paths start, wake or ask this module through these. `may_start` says
+/// whether the calling thread may create a thread now: not while it holds
+/// a lock of the level above (a cache behind a lock), since
+/// `pthread_create` may wait for a lock of the C library whose holder
+/// waits for that one.
+pub(crate) const fn background(may_start: fn() -> bool) -> Background {
+    Background { wanted, kick, running, may_start }
+}
 
 /// The thread's stack: its frames take a few KiB; glibc puts the thread's
 /// descriptor and static TLS at the top. Untouched pages cost nothing.
@@ -116,7 +127,7 @@ pub(crate) fn set_background(heap: &'static Heap, on: bool) {
         for state in [SLEEP_OFF, SLEEP_NAPPING, SLEEP_PARKED] {
             mh.wake(state);
         }
-    } else if on && (wanted(heap) || big_enough(heap)) {
+    } else if on && (wanted(heap) || big_enough(heap)) && heap.background().is_some_and(|b| (b.may_start)()) {
         start(heap);
     }
 }
@@ -177,7 +188,9 @@ fn kick(heap: &'static Heap, busy: bool) -> bool {
             heap.shared().mheap.wake(SLEEP_PARKED);
             true
         }
-        NOT_STARTED => (wanted(heap) || busy && big_enough(heap)) && start(heap),
+        NOT_STARTED => {
+            (wanted(heap) || busy && big_enough(heap)) && heap.background().is_some_and(|b| (b.may_start)()) && start(heap)
+        }
         _ => false,
     }
 }

@@ -49,7 +49,23 @@ use crate::sync::Mutex;
 use crate::sync::unmodelled::{AtomicU32, AtomicUsize, Ordering};
 
 /// The heap behind [`crate::SpanAlloc`].
-pub(crate) static HEAP: Heap = Heap::with_background(&crate::scavenger::BACKGROUND);
+pub(crate) static HEAP: Heap = Heap::with_background(&BACKGROUND);
+
+/// The global heap's background releaser (see `scavenger`), started only
+/// from a thread that holds neither the fallback cache's lock nor the
+/// profile cache's: a free under either (a thread-exit destructor's, say)
+/// must not create a thread, whose creation may wait for a lock of the C
+/// library that its holder holds while it waits for ours.
+static BACKGROUND: crate::heap::Background = crate::scavenger::background(|| {
+    [FALLBACK.raw(), PROFILED.raw()].iter().all(|lock| {
+        let free = lock.try_lock();
+        if free {
+            // SAFETY: taken just above, by this thread.
+            unsafe { lock.unlock() };
+        }
+        free
+    })
+});
 
 /// One thread's object cache and its counters.
 struct ThreadCache {
@@ -593,6 +609,17 @@ fn fork_done() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_releaser_is_never_started_under_the_fallback_or_profile_cache_lock() {
+        assert!((BACKGROUND.may_start)());
+        for lock in [&FALLBACK, &PROFILED] {
+            let held = lock.lock();
+            assert!(!(BACKGROUND.may_start)(), "may start while a cache lock is held");
+            drop(held);
+        }
+        assert!((BACKGROUND.may_start)());
+    }
 
     #[test]
     fn a_child_forked_during_another_process_set_up_does_it_again_instead_of_waiting() {
