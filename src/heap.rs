@@ -130,13 +130,19 @@ impl Heap {
     #[inline(never)]
     fn make_shared(&self) -> &Shared {
         let fresh = alloc_shared();
+        // Listed before it is installed: a thread that finds it installed
+        // may take its locks at once, and a `fork` must then take them too.
+        // (Listed after, a fork while this thread waited for the list's
+        // lock, which the fork holds, left a child with the state's locks
+        // held by threads it does not have.)
+        list_add(fresh);
         match self.shared.compare_exchange(ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => {
-                list_add(fresh);
                 // SAFETY: installed; lives until the heap is dropped.
                 unsafe { &*fresh }
             }
             Err(other) => {
+                list_remove(fresh);
                 // SAFETY: never shared.
                 unsafe { free_shared(fresh) };
                 // SAFETY: as above.
