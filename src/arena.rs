@@ -44,8 +44,36 @@
 //! have its metadata at its own slot's base; its metadata sits one slot
 //! below and the registry marks the slot "far".
 //!
-//! The page bitmaps (`free`, `clean`, `aged`) are guarded by the mheap lock;
-//! the page table and tags are atomic and read without locks.
+//! The page bitmaps (`free`, `clean`, the age planes, `releasing`) are
+//! guarded by the mheap lock; the page table and tags are atomic and read
+//! without locks.
+//!
+//! # Giving pages back at the kernel's granularity
+//!
+//! The kernel releases whole kernel pages, which may be larger than the
+//! 8 KiB runtime page (16 KiB on some arm64 kernels, 64 KiB on others and
+//! on ppc64). So the scavenger works on *groups*: the runtime pages of one
+//! kernel page ([`kernel_group`]), aligned, since arenas are. A group is
+//! released only when every page of it is free, and its pages are marked
+//! clean only after the kernel said yes. A page taken for a span or a large
+//! object makes the rest of its group resident too (the kernel faults in
+//! whole pages), so those neighbours stop counting as released; they still
+//! read as zero, but are treated as dirty from then on.
+//!
+//! A release happens in batches ([`DataBatch`], [`MetaBatch`]): under the
+//! mheap lock the pages go from `free` to `releasing`, so no allocation can
+//! take them while the kernel zeroes them; the lock is let go for the
+//! `madvise`, then taken again to put the pages back, clean where it
+//! worked. At most one batch per heap is out at a time (the mheap's
+//! release lock).
+//!
+//! # Decay
+//!
+//! A free page is released only once it has stayed free and dirty across
+//! [`AGE_TICKS`] scavenger ticks: two bit planes per page count the ticks
+//! (a saturating two-bit counter, updated for 64 pages at once), and taking
+//! the page clears them. With ticks a third of the decay apart, a page goes
+//! back between one and four thirds of the decay after its free.
 
 use core::ptr;
 
@@ -163,8 +191,13 @@ pub(crate) struct PageState {
     /// Bit set: page holds only zeros and is not resident (never touched, or
     /// given back with `MADV_DONTNEED`).
     pub(crate) clean: [u64; BITMAP_WORDS],
-    /// Bit set: page was free and dirty at the last scavenger tick.
-    pub(crate) aged: [u64; BITMAP_WORDS],
+    /// The ticks a free dirty page has stayed so, 0 to 3, in two bit
+    /// planes (low and high bit); 0 for every other page.
+    pub(crate) age0: [u64; BITMAP_WORDS],
+    pub(crate) age1: [u64; BITMAP_WORDS],
+    /// Bit set: page is free, but out of the free set while a release
+    /// batch gives it (or metadata describing it) back to the kernel.
+    pub(crate) releasing: [u64; BITMAP_WORDS],
     /// Per metadata table (`TABLES`), bit `g` set: the table's `g`-th OS
     /// page may be resident (it describes a page handed out since it was
     /// last given back).
@@ -435,7 +468,9 @@ impl ArenaMeta {
                 nfree: 0,
                 free: [0; BITMAP_WORDS],
                 clean: [0; BITMAP_WORDS],
-                aged: [0; BITMAP_WORDS],
+                age0: [0; BITMAP_WORDS],
+                age1: [0; BITMAP_WORDS],
+                releasing: [0; BITMAP_WORDS],
                 meta_resident: [[0; 4]; 4],
             }));
             // loom's atomics are not plain words: build those of the pages
@@ -490,41 +525,6 @@ impl ArenaMeta {
         for t in &self.tags[page..page + npages] {
             t.store(tag, Ordering::Release);
         }
-    }
-
-    /// Gives back the OS pages of the per-page metadata tables (object
-    /// bitmaps, page table, tags) that describe only free pages: their
-    /// contents are all zero then, which is what a released page reads as.
-    /// Caller holds the heap lock.
-    pub(crate) fn release_meta(&self) {
-        let os_page = os::page_size();
-        if cfg!(loom) || os_page > 64 << 10 {
-            return;
-        }
-        self.pages.with_mut(|p| {
-            // SAFETY: under the heap lock.
-            let p = unsafe { &mut *p };
-            for (t, &(offset, per_page)) in TABLES.iter().enumerate() {
-                // Runtime pages one OS page of the table describes.
-                let span = (os_page / per_page).max(1);
-                let groups = (ARENA_PAGES * per_page).div_ceil(os_page);
-                // The resident masks count in 4 KiB units.
-                let units = os_page / 4096;
-                for g in 0..groups {
-                    let (lo, hi) = (g * units, (g + 1) * units);
-                    if count_range(&p.meta_resident[t], lo, hi) == 0 {
-                        continue;
-                    }
-                    // Only pages the heap has handed out can have entries.
-                    let from = (g * span).max(FIRST_PAGE);
-                    let to = ((g + 1) * span).min(p.grown);
-                    if from >= to || count_range(&p.free, from, to) == to - from {
-                        os::release((self.base() + offset + g * os_page) as *mut u8, os_page);
-                        clear_range(&mut p.meta_resident[t], lo, hi);
-                    }
-                }
-            }
-        });
     }
 
     /// Unregisters and unmaps the arena.
@@ -675,13 +675,28 @@ impl PageState {
     }
 
     /// Takes the free run `[page, page + n)`. Returns how many of its pages
-    /// were clean.
-    pub(crate) fn take(&mut self, page: usize, n: usize) -> usize {
+    /// were clean, and how many clean free pages beside it share a kernel
+    /// page with it (they are resident from now on, so no longer clean).
+    pub(crate) fn take(&mut self, page: usize, n: usize) -> (usize, usize) {
         debug_assert!(self.is_free(page, n));
         let clean = count_range(&self.clean, page, page + n);
         clear_range(&mut self.free, page, page + n);
         clear_range(&mut self.clean, page, page + n);
-        clear_range(&mut self.aged, page, page + n);
+        clear_range(&mut self.age0, page, page + n);
+        clear_range(&mut self.age1, page, page + n);
+        let mut lost = 0;
+        if let Some(r) = kernel_group()
+            && r > 1
+        {
+            let (lo, hi) = (page & !(r - 1), (page + n).next_multiple_of(r).min(ARENA_PAGES));
+            for (from, to) in [(lo, page), (page + n, hi)] {
+                for w in from / 64..to.div_ceil(64) {
+                    let m = self.free[w] & self.clean[w] & word_mask(w, from, to);
+                    self.clean[w] &= !m;
+                    lost += m.count_ones() as usize;
+                }
+            }
+        }
         for (t, &(_, per_page)) in TABLES.iter().enumerate() {
             // In 4 KiB units, whatever the OS page (release_meta reads the
             // mask a kernel page at a time).
@@ -692,45 +707,308 @@ impl PageState {
             }
         }
         self.nfree -= n;
-        clean
+        (clean, lost)
     }
 
     /// Gives back the run `[page, page + n)` (its pages dirty).
     pub(crate) fn put(&mut self, page: usize, n: usize) {
         debug_assert!(count_range(&self.free, page, page + n) == 0);
+        debug_assert!(count_range(&self.releasing, page, page + n) == 0);
         set_range(&mut self.free, page, page + n);
         self.nfree += n;
     }
 
-    /// Gives free dirty pages back to the kernel: all of them, or (a tick)
-    /// only those that were already free at the previous tick, after which
-    /// the pages free now become the aged ones. `arena_base` is the arena's
-    /// address. Returns the number of pages released.
-    pub(crate) fn scavenge(&mut self, arena_base: usize, all: bool) -> usize {
-        let mut cand = [0u64; BITMAP_WORDS];
-        let mut released = 0;
-        for (w, c) in cand.iter_mut().enumerate() {
-            *c = self.free[w] & !self.clean[w];
-            if !all {
-                *c &= self.aged[w];
+    /// Whether page `page` is free, or out of the free set for a release.
+    pub(crate) fn is_idle(&self, page: usize) -> bool {
+        (self.free[page / 64] | self.releasing[page / 64]) & (1 << (page % 64)) != 0
+    }
+
+    /// Picks a batch of groups to release ([`DataBatch`]): groups wholly
+    /// free with a dirty page, every dirty page of them old enough (any age
+    /// when `all`), lowest first, up to [`BATCH_PAGES`] pages. Takes them
+    /// out of the free set. Returns whether it found any.
+    pub(crate) fn pick_data(&mut self, all: bool, out: &mut DataBatch) -> bool {
+        let Some(r) = kernel_group() else {
+            return false;
+        };
+        // Pages taken so far: whole groups, as BATCH_PAGES is.
+        let mut taken = 0;
+        for w in FIRST_PAGE / 64..self.grown.div_ceil(64) {
+            let free = self.free[w];
+            let dirty = free & !self.clean[w];
+            if dirty == 0 {
+                continue;
             }
-            self.clean[w] |= *c;
-            released += c.count_ones() as usize;
-            if !all {
-                self.aged[w] = self.free[w] & !self.clean[w];
+            let old = if all { !0 } else { self.clean[w] | (self.age0[w] & self.age1[w]) };
+            let mut cand = whole_groups(free & old, r) & any_groups(dirty, r);
+            while cand != 0 {
+                let start = cand.trailing_zeros() as usize;
+                let len = ((!(cand >> start)).trailing_zeros() as usize).min(BATCH_PAGES - taken);
+                let mask = if len == 64 { !0 } else { ((1u64 << len) - 1) << start };
+                if !out.push((w * 64 + start) as u32, (w * 64 + start + len) as u32) {
+                    return true;
+                }
+                self.free[w] &= !mask;
+                self.releasing[w] |= mask;
+                self.nfree -= len;
+                taken += len;
+                cand &= !mask;
+                if taken == BATCH_PAGES {
+                    return true;
+                }
             }
         }
-        let mut i = 0;
-        while released > 0 && i < ARENA_PAGES {
-            let start = next_bit(&cand, i, ARENA_PAGES, true);
-            if start == ARENA_PAGES {
-                break;
+        out.n > 0
+    }
+
+    /// After the kernel answered for each run of `batch` (`ok`, bit `i` for
+    /// run `i`): the runs it released are clean, and every page of the
+    /// batch is free again. Returns the pages that were dirty and are clean
+    /// now.
+    pub(crate) fn commit_data(&mut self, batch: &DataBatch, ok: u64) -> usize {
+        let mut cleaned = 0;
+        for (i, &(from, to)) in batch.runs[..batch.n].iter().enumerate() {
+            let (from, to) = (from as usize, to as usize);
+            if ok & (1 << i) != 0 {
+                cleaned += (to - from) - count_range(&self.clean, from, to);
+                set_range(&mut self.clean, from, to);
+                clear_range(&mut self.age0, from, to);
+                clear_range(&mut self.age1, from, to);
             }
-            let end = next_bit(&cand, start, ARENA_PAGES, false);
-            os::release((arena_base + start * PAGE_SIZE) as *mut u8, (end - start) * PAGE_SIZE);
-            i = end;
         }
-        released
+        self.restore();
+        cleaned
+    }
+
+    /// Picks a batch of metadata to release ([`MetaBatch`]): OS pages of
+    /// the per-page tables (object bitmaps, page table, tags) that may be
+    /// resident and describe only free, clean pages (their entries are all
+    /// zero then, which is what a released page reads as). Takes the pages
+    /// they describe out of the free set, so that no allocation writes the
+    /// entries while the kernel zeroes them. Returns whether it found any.
+    pub(crate) fn pick_meta(&mut self, out: &mut MetaBatch) -> bool {
+        let os_page = os::page_size();
+        if cfg!(loom) || !(4096..=64 << 10).contains(&os_page) {
+            return false;
+        }
+        let mut pages = 0;
+        for (t, &(_, per_page)) in TABLES.iter().enumerate() {
+            // Runtime pages one OS page of the table describes.
+            let span = (os_page / per_page).max(1);
+            let groups = (ARENA_PAGES * per_page).div_ceil(os_page);
+            // The resident masks count in 4 KiB units.
+            let units = os_page / 4096;
+            for g in 0..groups {
+                let (lo, hi) = (g * units, (g + 1) * units);
+                if count_range(&self.meta_resident[t], lo, hi) == 0 {
+                    continue;
+                }
+                // Only pages the heap has handed out can have entries.
+                let from = (g * span).max(FIRST_PAGE);
+                let to = ((g + 1) * span).min(self.grown);
+                if from < to && !self.quiet(from, to) {
+                    continue;
+                }
+                if !out.push(t, lo as u32, hi as u32) {
+                    return true;
+                }
+                if from < to {
+                    for w in from / 64..to.div_ceil(64) {
+                        let m = self.free[w] & word_mask(w, from, to);
+                        self.free[w] &= !m;
+                        self.releasing[w] |= m;
+                        self.nfree -= m.count_ones() as usize;
+                    }
+                    pages += to - from;
+                }
+                if pages >= META_BATCH_PAGES {
+                    return true;
+                }
+            }
+        }
+        out.n > 0
+    }
+
+    /// Whether every page of `[from, to)` is free and clean, or already out
+    /// for this batch.
+    fn quiet(&self, from: usize, to: usize) -> bool {
+        (from / 64..to.div_ceil(64)).all(|w| {
+            let m = word_mask(w, from, to);
+            (self.free[w] & self.clean[w] | self.releasing[w]) & m == m
+        })
+    }
+
+    /// After the kernel answered for each range of `batch`: the ranges it
+    /// released are no longer resident, and the pages are free again.
+    pub(crate) fn commit_meta(&mut self, batch: &MetaBatch, ok: u64) {
+        for (i, &(t, lo, hi)) in batch.ranges[..batch.n].iter().enumerate() {
+            if ok & (1 << i) != 0 {
+                clear_range(&mut self.meta_resident[t as usize], lo as usize, hi as usize);
+            }
+        }
+        self.restore();
+    }
+
+    /// Puts every page out for a release back in the free set.
+    fn restore(&mut self) {
+        for w in FIRST_PAGE / 64..self.grown.div_ceil(64) {
+            let m = self.releasing[w];
+            if m != 0 {
+                self.free[w] |= m;
+                self.releasing[w] = 0;
+                self.nfree += m.count_ones() as usize;
+            }
+        }
+    }
+
+    /// A scavenger tick: every free dirty page ages by one tick (up to 3).
+    /// Returns the free dirty pages whose whole group is free: those a
+    /// later tick will release (a page whose group is partly in use waits
+    /// until the rest is freed, which wakes the scavenger anyway).
+    pub(crate) fn age(&mut self) -> usize {
+        let Some(r) = kernel_group() else {
+            return 0;
+        };
+        let mut waiting = 0;
+        for w in FIRST_PAGE / 64..self.grown.div_ceil(64) {
+            let m = self.free[w] & !self.clean[w];
+            let (a0, a1) = (self.age0[w], self.age1[w]);
+            // A saturating two-bit counter, plus one where `m` is set.
+            let full = a0 & a1;
+            self.age0[w] = (a0 ^ (m & !full)) & m;
+            self.age1[w] = (a1 | (m & a0)) & m;
+            waiting += (whole_groups(self.free[w], r) & m).count_ones() as usize;
+        }
+        waiting
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Release batches.
+
+/// Ticks a free page must stay free and dirty before it is released.
+pub(crate) const AGE_TICKS: u64 = 3;
+/// Pages one data batch releases at most (4 MiB, whole kernel pages of up
+/// to 512 KiB): what an allocation may find missing from the free set
+/// meanwhile, and a bound on each `madvise` call.
+pub(crate) const BATCH_PAGES: usize = if cfg!(loom) { 2 } else { 512 };
+/// Runs one data batch releases at most (one `madvise` each).
+pub(crate) const BATCH_RUNS: usize = 32;
+/// Pages a metadata batch takes out of the free set at most (8 MiB), unless
+/// one OS page of a table describes more.
+const META_BATCH_PAGES: usize = 1024;
+/// Ranges one metadata batch releases at most.
+pub(crate) const META_RANGES: usize = 16;
+
+/// Runtime pages per kernel page (1 where the kernel's pages are smaller),
+/// or `None` when the kernel's pages are over 512 KiB, beyond what one
+/// bitmap word describes: then no page is released.
+pub(crate) fn kernel_group() -> Option<usize> {
+    let r = (os::page_size() / PAGE_SIZE).max(1);
+    if r > 64 { None } else { Some(r) }
+}
+
+/// The first bit of every aligned group of `r` bits.
+#[inline]
+fn group_starts(r: usize) -> u64 {
+    if r >= 64 { 1 } else { !0 / ((1u64 << r) - 1) }
+}
+
+/// Sets every bit of each aligned group of `r` bits whose bit `group
+/// start` is set.
+#[inline]
+fn spread(mut g: u64, r: usize) -> u64 {
+    let mut s = 1;
+    while s < r {
+        g |= g << s;
+        s <<= 1;
+    }
+    g
+}
+
+/// The aligned groups of `r` bits of `x` that are all set.
+#[inline]
+pub(crate) fn whole_groups(x: u64, r: usize) -> u64 {
+    let mut g = x;
+    let mut s = 1;
+    while s < r {
+        g &= g >> s;
+        s <<= 1;
+    }
+    spread(g & group_starts(r), r)
+}
+
+/// The aligned groups of `r` bits of `x` that have a bit set.
+#[inline]
+pub(crate) fn any_groups(x: u64, r: usize) -> u64 {
+    let mut g = x;
+    let mut s = 1;
+    while s < r {
+        g |= g >> s;
+        s <<= 1;
+    }
+    spread(g & group_starts(r), r)
+}
+
+/// Runs of runtime pages of one arena, whole kernel pages, on their way
+/// back to the kernel (see [`PageState::pick_data`]).
+pub(crate) struct DataBatch {
+    /// `[from, to)` page runs, in address order.
+    pub(crate) runs: [(u32, u32); BATCH_RUNS],
+    pub(crate) n: usize,
+}
+
+impl DataBatch {
+    pub(crate) const fn new() -> Self {
+        DataBatch { runs: [(0, 0); BATCH_RUNS], n: 0 }
+    }
+
+    /// Adds a run (merged with the last if they touch); false when full.
+    fn push(&mut self, from: u32, to: u32) -> bool {
+        if self.n > 0 && self.runs[self.n - 1].1 == from {
+            self.runs[self.n - 1].1 = to;
+            return true;
+        }
+        if self.n == BATCH_RUNS {
+            return false;
+        }
+        self.runs[self.n] = (from, to);
+        self.n += 1;
+        true
+    }
+}
+
+/// OS pages of one arena's metadata tables on their way back to the kernel
+/// (see [`PageState::pick_meta`]).
+pub(crate) struct MetaBatch {
+    /// (table, first 4 KiB unit, end unit) of each range, in table order.
+    pub(crate) ranges: [(u8, u32, u32); META_RANGES],
+    pub(crate) n: usize,
+}
+
+impl MetaBatch {
+    pub(crate) const fn new() -> Self {
+        MetaBatch { ranges: [(0, 0, 0); META_RANGES], n: 0 }
+    }
+
+    fn push(&mut self, table: usize, lo: u32, hi: u32) -> bool {
+        if self.n > 0 && self.ranges[self.n - 1].0 == table as u8 && self.ranges[self.n - 1].2 == lo {
+            self.ranges[self.n - 1].2 = hi;
+            return true;
+        }
+        if self.n == META_RANGES {
+            return false;
+        }
+        self.ranges[self.n] = (table as u8, lo, hi);
+        self.n += 1;
+        true
+    }
+
+    /// The address and length of range `i` in the arena whose metadata is
+    /// at `base`.
+    pub(crate) fn range(&self, base: usize, i: usize) -> (usize, usize) {
+        let (t, lo, hi) = self.ranges[i];
+        (base + TABLES[t as usize].0 + lo as usize * 4096, (hi - lo) as usize * 4096)
     }
 }
 
@@ -746,7 +1024,9 @@ mod tests {
             nfree: 0,
             free: [0; BITMAP_WORDS],
             clean: [0; BITMAP_WORDS],
-            aged: [0; BITMAP_WORDS],
+            age0: [0; BITMAP_WORDS],
+            age1: [0; BITMAP_WORDS],
+            releasing: [0; BITMAP_WORDS],
             meta_resident: [[0; 4]; 4],
         }
     }
@@ -758,10 +1038,10 @@ mod tests {
         assert_eq!(s.grow(3), GROW_PAGES);
         let a = s.find_run(3, 1).unwrap();
         assert_eq!(a, FIRST_PAGE);
-        assert_eq!(s.take(a, 3), 3, "fresh pages are clean");
+        assert_eq!(s.take(a, 3), (3, 0), "fresh pages are clean");
         let b = s.find_run(2, 1).unwrap();
         assert_eq!(b, FIRST_PAGE + 3);
-        assert_eq!(s.take(b, 2), 2, "grown pages are clean");
+        assert_eq!(s.take(b, 2), (2, 0), "grown pages are clean");
         s.put(a, 3);
         // a's run (3 pages) is free again but a 4-page run must come later.
         assert_eq!(s.find_run(3, 1), Some(a));
@@ -822,6 +1102,123 @@ mod tests {
             // The slow search agrees.
             assert_eq!(s.find_aligned_run(n, 1), want, "n = {n}");
         }
+    }
+
+    #[test]
+    fn group_masks_keep_only_whole_or_touched_aligned_groups() {
+        let x = 0b0110_1111_0011u64;
+        assert_eq!(whole_groups(x, 1), x);
+        assert_eq!(any_groups(x, 1), x);
+        assert_eq!(whole_groups(x, 2), 0b0000_1111_0011);
+        assert_eq!(any_groups(x, 2), 0b1111_1111_0011);
+        assert_eq!(whole_groups(x, 4), 0b0000_1111_0000);
+        assert_eq!(any_groups(x, 4), 0b1111_1111_1111);
+        assert_eq!(whole_groups(!0 >> 1, 64), 0);
+        assert_eq!(whole_groups(!0, 64), !0);
+        assert_eq!(any_groups(1 << 63, 64), !0);
+        assert_eq!(whole_groups(0xff00_0000_0000_0000, 8), 0xff00_0000_0000_0000);
+    }
+
+    /// Grows `s` and dirties every page: taken once and given back.
+    fn dirty_state() -> PageState {
+        let mut s = state();
+        s.grow(2 * GROW_PAGES);
+        let n = s.grown - FIRST_PAGE;
+        s.take(FIRST_PAGE, n);
+        s.put(FIRST_PAGE, n);
+        s
+    }
+
+    #[test]
+    fn a_free_page_is_picked_only_after_it_stayed_free_for_three_ticks() {
+        let mut s = dirty_state();
+        for tick in 0..AGE_TICKS {
+            let mut b = DataBatch::new();
+            assert!(!s.pick_data(false, &mut b), "picked after {tick} ticks");
+            assert!(s.age() > 0, "free dirty pages are waiting");
+        }
+        // Taking and giving back a page starts its count again.
+        s.take(FIRST_PAGE + 3, 1);
+        s.put(FIRST_PAGE + 3, 1);
+        let mut b = DataBatch::new();
+        assert!(s.pick_data(false, &mut b));
+        assert_eq!(b.runs[0], (FIRST_PAGE as u32, FIRST_PAGE as u32 + 3), "the young page ends the first run");
+        assert_eq!(b.runs[1].0, FIRST_PAGE as u32 + 4);
+    }
+
+    #[test]
+    fn a_batch_keeps_its_pages_from_allocation_and_cleans_only_what_the_kernel_released() {
+        let mut s = dirty_state();
+        let free_before = s.nfree;
+        let mut b = DataBatch::new();
+        assert!(s.pick_data(true, &mut b));
+        let (from, to) = (b.runs[0].0 as usize, b.runs[0].1 as usize);
+        assert_eq!(from, FIRST_PAGE);
+        assert_eq!(to - from, BATCH_PAGES, "a batch is bounded");
+        // Out of the free set: no allocation finds them meanwhile.
+        assert_eq!(s.find_run(1, 1), Some(to));
+        assert!(!s.is_free(from, 1) && s.is_idle(from));
+        assert_eq!(s.nfree, free_before - BATCH_PAGES);
+        // The kernel refused: all back, none clean.
+        assert_eq!(s.commit_data(&b, 0), 0);
+        assert_eq!((s.nfree, count_range(&s.clean, from, to)), (free_before, 0));
+        assert_eq!(s.find_run(1, 1), Some(from));
+        // Released: clean.
+        let mut b = DataBatch::new();
+        assert!(s.pick_data(true, &mut b));
+        assert_eq!(s.commit_data(&b, 1), BATCH_PAGES);
+        assert_eq!(count_range(&s.clean, from, to), BATCH_PAGES);
+        assert_eq!(s.take(from, 2), (2, 0), "released pages come back clean");
+    }
+
+    #[test]
+    fn at_16_kib_kernel_pages_only_whole_free_pairs_are_released_and_taking_one_dirties_its_partner() {
+        os::pretend_page_size(16 << 10);
+        let mut s = dirty_state();
+        // Keep every third page in use: no pair is wholly free except
+        // where two free pages share one kernel page.
+        let (lo, hi) = (FIRST_PAGE.next_multiple_of(2), FIRST_PAGE.next_multiple_of(2) + 60);
+        for p in (lo..hi).step_by(3) {
+            s.take(p, 1);
+        }
+        let mut b = DataBatch::new();
+        assert!(s.pick_data(true, &mut b));
+        for &(from, to) in &b.runs[..b.n] {
+            assert!(from % 2 == 0 && to % 2 == 0, "run {from}..{to} is not whole kernel pages");
+            for p in from as usize..to as usize {
+                assert!(s.is_idle(p), "a page in use is in the batch");
+            }
+        }
+        s.commit_data(&b, !0);
+        // A clean page whose partner is taken is dirty from then on.
+        let pair = (lo..hi).step_by(2).find(|&p| count_range(&s.clean, p, p + 2) == 2).unwrap();
+        assert_eq!(s.take(pair, 1), (1, 1));
+        assert_eq!(count_range(&s.clean, pair + 1, pair + 2), 0);
+        os::pretend_page_size(0);
+    }
+
+    #[test]
+    fn metadata_goes_back_only_where_it_describes_free_released_pages() {
+        let mut s = dirty_state();
+        let mut m = MetaBatch::new();
+        assert!(!s.pick_meta(&mut m), "dirty pages keep their metadata");
+        let mut b = DataBatch::new();
+        while {
+            b.n = 0;
+            s.pick_data(true, &mut b)
+        } {
+            s.commit_data(&b, !0);
+        }
+        // One page in use keeps the table pages that describe it.
+        s.take(FIRST_PAGE + 100, 1);
+        assert!(s.pick_meta(&mut m));
+        assert!(!s.is_free(FIRST_PAGE + 200, 1), "the pages described are out meanwhile");
+        s.commit_meta(&m, !0);
+        for (t, &(_, per_page)) in TABLES.iter().enumerate() {
+            let unit = (FIRST_PAGE + 100) * per_page / 4096;
+            assert_ne!(s.meta_resident[t][unit / 64] & (1 << (unit % 64)), 0, "table {t}");
+        }
+        assert!(s.is_free(FIRST_PAGE + 200, 1));
     }
 
     #[test]

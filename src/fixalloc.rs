@@ -12,7 +12,10 @@
 //! ones empty out. When the scavenger finds a chunk with no record in use,
 //! it gives the chunk's pages back to the OS and carves it afresh later, so
 //! a program that once needed a million spans does not keep their records
-//! resident forever.
+//! resident forever. It does so in two steps, so that the `madvise` runs
+//! outside the mheap lock: [`SpanPool::take_idle`] takes such chunks out of
+//! use (no record is carved from them), [`SpanPool::restore`] puts them
+//! back, to be carved from their start.
 //!
 //! Everything here runs under the mheap lock.
 
@@ -27,8 +30,10 @@ const CHUNK: usize = 64 << 10;
 /// The header, padded so records stay 64-aligned.
 const HEADER: usize = 64;
 /// Bytes of a released chunk that stay resident (the page holding the
-/// header).
+/// header), at least.
 const KEEP: usize = 4096;
+/// `Chunk::cursor` of a chunk taken out of use while it is released.
+const TAKEN: usize = CHUNK + 1;
 
 /// At the start of every chunk.
 #[repr(C)]
@@ -134,39 +139,83 @@ impl SpanPool {
         }
     }
 
-    /// Gives the pages of chunks with no record in use back to the OS.
-    /// Returns the bytes released.
+    /// Takes up to `out.len()` chunks with no record in use, carved since
+    /// they were last released, out of use (nothing is carved from them
+    /// until [`SpanPool::restore`]) and writes them to `out` (address and
+    /// bucket). Returns how many.
     ///
-    /// Under loom it gives nothing back: a model cannot express memory the
-    /// kernel zeroes under a late reader (a freer that looks at a retired
-    /// span's state), which the chunk's epoch makes harmless.
-    #[cfg(loom)]
-    pub(crate) fn release(&mut self) -> usize {
-        0
-    }
-
-    /// Gives the pages of chunks with no record in use back to the OS.
-    /// Returns the bytes released.
-    #[cfg(not(loom))]
-    pub(crate) fn release(&mut self) -> usize {
-        let mut released = 0;
-        for b in &mut self.buckets {
+    /// Under loom it takes none: a model cannot express memory the kernel
+    /// zeroes under a late reader (a freer that looks at a retired span's
+    /// state), which the chunk's epoch makes harmless.
+    pub(crate) fn take_idle(&mut self, out: &mut [(usize, usize)]) -> usize {
+        let mut n = 0;
+        if cfg!(loom) {
+            return 0;
+        }
+        for (bucket, b) in self.buckets.iter_mut().enumerate() {
             let mut c = b.chunks;
             // SAFETY: listed chunks are mapped and ours.
             unsafe {
-                while !c.is_null() {
-                    if (*c).live == 0 && (*c).cursor > HEADER {
-                        os::release((c as usize + KEEP) as *mut u8, CHUNK - KEEP);
-                        released += (*c).cursor.saturating_sub(KEEP);
-                        (*c).cursor = HEADER;
+                while !c.is_null() && n < out.len() {
+                    if (*c).live == 0 && (*c).cursor > HEADER && (*c).cursor <= CHUNK {
+                        // `get` skips a chunk with no free record and no room.
+                        (*c).cursor = TAKEN;
                         (*c).free = ptr::null_mut();
-                        (*c).epoch = (*c).epoch.wrapping_add(1);
+                        out[n] = (c as usize, bucket);
+                        n += 1;
                     }
                     c = (*c).next;
                 }
             }
         }
-        released
+        n
+    }
+
+    /// The part of a chunk given back to the OS: all but the kernel page
+    /// holding its header.
+    pub(crate) fn releasable(chunk: usize) -> (usize, usize) {
+        let keep = KEEP.max(os::page_size()).min(CHUNK);
+        (chunk + keep, CHUNK - keep)
+    }
+
+    /// Puts back a chunk [`SpanPool::take_idle`] took, to be carved afresh
+    /// from its start in a new epoch.
+    pub(crate) fn restore(&mut self, (chunk, bucket): (usize, usize)) {
+        let c = chunk as *mut Chunk;
+        let b = &mut self.buckets[bucket];
+        // SAFETY: a chunk of the bucket, taken out of use and still holding
+        // no record; its header stayed resident.
+        unsafe {
+            debug_assert_eq!((*c).cursor, TAKEN);
+            (*c).cursor = HEADER;
+            (*c).epoch = (*c).epoch.wrapping_add(1);
+            // It has room again: `get` must not skip it.
+            if b.hint.is_null() || (*c).seq < (*b.hint).seq {
+                b.hint = c;
+            }
+        }
+    }
+
+    /// Gives the pages of chunks with no record in use back to the OS, under
+    /// the caller's lock (tests; the mheap releases outside its lock).
+    /// Returns the bytes released.
+    #[cfg(test)]
+    pub(crate) fn release(&mut self) -> usize {
+        let mut chunks = [(0, 0); 8];
+        let mut released = 0;
+        loop {
+            let n = self.take_idle(&mut chunks);
+            if n == 0 {
+                return released;
+            }
+            for &c in &chunks[..n] {
+                let (at, len) = Self::releasable(c.0);
+                if os::release_pages(at as *mut u8, len).is_ok() {
+                    released += len;
+                }
+                self.restore(c);
+            }
+        }
     }
 
     /// Unmaps every chunk (the heap is being dropped).

@@ -67,6 +67,20 @@ pub fn release() {
     HEAP.release();
 }
 
+/// Turns the background release of the global allocator's free memory on
+/// (the default) or off.
+///
+/// While it is on, memory that stays free for the decay (see
+/// [`crate::set_release_decay_ms`]) goes back to the OS even if the program
+/// never calls the allocator again, from a thread spanalloc starts once
+/// there is something to give back (named `spanalloc-bg`). While it is off,
+/// the same happens only as the program keeps allocating (on the
+/// allocator's slow paths, a few MiB at a time), or when it calls
+/// [`release`].
+pub fn set_background_release(on: bool) {
+    crate::scavenger::set_background(&HEAP, on);
+}
+
 /// A snapshot of the global allocator's statistics (see [`Stats`]).
 pub fn stats() -> Stats {
     let mut s = HEAP.stats();

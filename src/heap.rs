@@ -7,10 +7,15 @@
 //! models and runtimes can make their own and allocate from it through
 //! [`crate::MCache`]s (`Heap::cache`).
 //!
-//! The heap also decides when the scavenger runs: [`Heap::maybe_tick`] is
-//! called from the caches' slow paths and does the work of a tick (empty
-//! spans back to the mheap, pages free since the last tick back to the OS)
-//! at most every [`crate::mheap::TICK_MS`].
+//! The heap also decides when the scavenger runs. A tick (every third of
+//! the decay, [`crate::mheap::tick_period_ms`]) gives the mcentrals' empty
+//! spans back to the mheap, releases the pages that stayed free for the
+//! decay and ages the others ([`Heap::tick`]). The global heap's ticks run
+//! on its background releaser (`scavenger`), which sleeps while there is
+//! nothing to release; [`Heap::maybe_tick`], called from the caches' slow
+//! paths, only starts or wakes it. Other heaps, and the global one while
+//! background release is off, tick on those slow paths instead, a few
+//! batches at a time. [`Heap::release`] gives back everything at once.
 //!
 //! # Where a heap lives
 //!
@@ -25,10 +30,10 @@
 use core::ptr;
 
 use crate::mcentral::MCentral;
-use crate::mheap::MHeap;
+use crate::mheap::{INLINE_BATCHES, MHeap, Releaser};
 use crate::os;
 use crate::sizeclass::{NUM_CLASSES, PAGE_SIZE};
-use crate::stats::{CacheStats, Stats};
+use crate::stats::{CacheStats, ReleaseStats, Stats};
 use crate::sync::Mutex;
 use crate::sync::unmodelled::{AtomicPtr, Ordering};
 
@@ -36,6 +41,29 @@ use crate::sync::unmodelled::{AtomicPtr, Ordering};
 pub struct Heap {
     /// The shared state, made on first use (null until then).
     shared: AtomicPtr<Shared>,
+    /// The background releaser that runs this heap's scavenger ticks, if it
+    /// has one (the global heap: `scavenger`). Passed down when the heap is
+    /// made, so this level never names the one above it.
+    background: Option<&'static Background>,
+}
+
+/// What a heap asks of a background releaser (see `scavenger`), each called
+/// with the heap that has it.
+pub(crate) struct Background {
+    /// Whether the releaser should start now (it has not, and the heap
+    /// holds enough dirty free memory).
+    pub(crate) wanted: fn(&'static Heap) -> bool,
+    /// A tick is due (or `wanted` said yes): starts or wakes the releaser.
+    /// Returns whether it runs the tick (else the caller does). With
+    /// `busy`, after a tick on a slow path that found memory coming back
+    /// (objects freed remotely into the mcentrals' spans, say, with no
+    /// free page yet), it starts even without dirty free pages.
+    pub(crate) kick: fn(&'static Heap, bool) -> bool,
+    /// Whether the releaser gives the heap's memory back now.
+    pub(crate) running: fn() -> bool,
+    /// Whether the calling thread may start the releaser now (it holds no
+    /// lock that thread creation could end up waiting for).
+    pub(crate) may_start: fn() -> bool,
 }
 
 /// A heap's state: what its caches share.
@@ -102,13 +130,19 @@ impl Heap {
     #[inline(never)]
     fn make_shared(&self) -> &Shared {
         let fresh = alloc_shared();
+        // Listed before it is installed: a thread that finds it installed
+        // may take its locks at once, and a `fork` must then take them too.
+        // (Listed after, a fork while this thread waited for the list's
+        // lock, which the fork holds, left a child with the state's locks
+        // held by threads it does not have.)
+        list_add(fresh);
         match self.shared.compare_exchange(ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => {
-                list_add(fresh);
                 // SAFETY: installed; lives until the heap is dropped.
                 unsafe { &*fresh }
             }
             Err(other) => {
+                list_remove(fresh);
                 // SAFETY: never shared.
                 unsafe { free_shared(fresh) };
                 // SAFETY: as above.
@@ -234,7 +268,14 @@ impl Heap {
     /// A new, empty heap. It reserves memory only when first used.
     #[cfg(not(loom))]
     pub const fn new() -> Heap {
-        Heap { shared: AtomicPtr::new(ptr::null_mut()) }
+        Heap { shared: AtomicPtr::new(ptr::null_mut()), background: None }
+    }
+
+    /// A new, empty heap whose scavenger ticks run on `background` (for a
+    /// heap that lives in a `static`: the releaser keeps a reference).
+    #[cfg(not(loom))]
+    pub(crate) const fn with_background(background: &'static Background) -> Heap {
+        Heap { shared: AtomicPtr::new(ptr::null_mut()), background: Some(background) }
     }
 
     /// A new, empty heap. Under loom its state is made at once, by the
@@ -244,18 +285,20 @@ impl Heap {
     #[cfg(loom)]
     pub fn new() -> Heap {
         let fresh = alloc_shared();
-        Heap { shared: AtomicPtr::new(fresh) }
+        Heap { shared: AtomicPtr::new(fresh), background: None }
     }
 
     /// Gives memory back to the OS now: every empty span goes back to the
-    /// mheap and every free page is released with `MADV_DONTNEED`. Objects
-    /// and spans in caches stay where they are (flush a cache first to
-    /// include it).
+    /// mheap and every free page is released with `MADV_DONTNEED` (in
+    /// batches, none of them under a lock an allocation needs). Objects and
+    /// spans in caches stay where they are (flush a cache first to include
+    /// it).
     pub fn release(&self) {
-        for central in &self.shared().central[1..] {
-            central.release_empty(&self.shared().mheap);
+        let sh = self.shared();
+        for central in &sh.central[1..] {
+            central.release_empty(&sh.mheap);
         }
-        self.shared().mheap.scavenge(true);
+        sh.mheap.scavenge(true, Releaser::Other, true, usize::MAX);
     }
 
     /// A snapshot of the heap's statistics.
@@ -301,8 +344,24 @@ impl Heap {
         s.heap_released = k.released_pages.get() * PAGE_SIZE as u64;
         s.heap_sys = k.sys_pages.get() * PAGE_SIZE as u64;
         s.metadata = k.meta_bytes.get();
+        let last = k.last_release_ms.get();
+        s.release = ReleaseStats {
+            released_bytes: k.released_total.get() * PAGE_SIZE as u64,
+            background_bytes: k.released_background.get() * PAGE_SIZE as u64,
+            metadata_bytes: k.meta_released.get(),
+            batches: k.release_batches.get(),
+            failures: k.release_failures.get(),
+            since_last_ms: (last != 0).then(|| os::now_ms().saturating_sub(last)),
+            decay_ms: crate::mheap::decay_ms(),
+            background: self.background_running(),
+        };
         s.finish(k.small_pages.get(), large_span_bytes);
         s
+    }
+
+    /// Whether a background releaser gives this heap's memory back.
+    fn background_running(&self) -> bool {
+        self.background.is_some_and(|b| (b.running)())
     }
 
     // -----------------------------------------------------------------------
@@ -325,20 +384,80 @@ impl Heap {
         self.maybe_tick(os::now_ms());
     }
 
-    /// Runs a scavenger tick if one is due at `now` (`os::now_ms`).
+    /// From the caches' slow paths: when a scavenger tick is due at `now`
+    /// (`os::now_ms`), has the background releaser run it (starting it, or
+    /// waking it), or runs a few batches of it here if there is none.
     #[inline]
     pub(crate) fn maybe_tick(&self, now: u64) {
-        if self.shared().mheap.tick_due(now) {
-            self.tick();
+        if self.shared().mheap.tick_peek(now) || self.wants_releaser() {
+            self.tick_from_slow_path(now);
         }
     }
 
-    #[cold]
-    fn tick(&self) {
-        for central in &self.shared().central[1..] {
-            central.release_empty(&self.shared().mheap);
+    /// After a remote free made a used-up span of an mcentral reusable
+    /// (once per span): memory is coming back there, and only scavenger
+    /// ticks give it on to the mheap and the OS. The frees that empty the
+    /// span may all come before the next tick is due on anybody's slow
+    /// path, so the background releaser must be running (and awake) to see
+    /// them: this starts or wakes it.
+    #[inline]
+    pub(crate) fn note_central_free(&self) {
+        if let Some(b) = self.background {
+            (b.kick)(self.as_static(), true);
         }
-        self.shared().mheap.scavenge(false);
+    }
+
+    /// The background releaser this heap was made with.
+    pub(crate) fn background(&self) -> Option<&'static Background> {
+        self.background
+    }
+
+    /// Whether this heap should get its background releaser now (not
+    /// waiting for a tick: a program may free its peak between two ticks
+    /// and then make no more calls).
+    #[inline]
+    fn wants_releaser(&self) -> bool {
+        self.background.is_some_and(|b| (b.wanted)(self.as_static()))
+    }
+
+    /// A heap with a background releaser lives in a `static`
+    /// ([`Heap::with_background`]).
+    #[inline]
+    fn as_static(&self) -> &'static Heap {
+        debug_assert!(self.background.is_some());
+        // SAFETY: only a heap made by `with_background` calls this, and
+        // that one is a `static`.
+        unsafe { &*(self as *const Heap) }
+    }
+
+    #[cold]
+    fn tick_from_slow_path(&self, now: u64) {
+        if self.background.is_some_and(|b| (b.kick)(self.as_static(), false)) {
+            return;
+        }
+        if self.shared().mheap.tick_due(now) && self.tick(Releaser::Other, INLINE_BATCHES, false) > 0 {
+            // Memory is coming back: the rest of it must not wait for the
+            // program's next slow path.
+            if let Some(b) = self.background {
+                (b.kick)(self.as_static(), true);
+            }
+        }
+    }
+
+    /// A scavenger tick: the mcentrals' empty spans go back to the mheap,
+    /// pages that stayed free for the decay go back to the OS (at most
+    /// `max_batches` batches; `wait` for another releaser, or skip), and
+    /// the other free pages age. Returns the free dirty pages left for
+    /// later ticks plus what came back to the mcentrals (remote frees
+    /// merged, spans given back): 0 when there is nothing to wait for.
+    pub(crate) fn tick(&self, who: Releaser, max_batches: usize, wait: bool) -> usize {
+        let sh = self.shared();
+        let mut came_back = 0;
+        for central in &sh.central[1..] {
+            came_back += central.release_empty(&sh.mheap);
+        }
+        sh.mheap.scavenge(false, who, wait, max_batches);
+        sh.mheap.age(wait) + came_back
     }
 
     /// Adds a dropped cache's counters to the heap's.
@@ -397,11 +516,38 @@ impl Shared {
     /// Every lock of the heap, in the order `fork` must take them.
     #[cfg(not(loom))]
     pub(crate) fn for_each_lock(&self, mut f: impl FnMut(&crate::sync::RawLock)) {
+        // A releaser holds this one while it takes the others.
+        f(self.mheap.release_lock_for_fork());
         for central in &self.central[1..] {
             f(central.lock_for_fork());
         }
         f(self.mheap.lock_for_fork());
         f(self.registry.raw());
+    }
+}
+
+/// For whole-allocator tests (`spanalloc::test_hooks`).
+#[cfg(all(feature = "test-hooks", not(loom)))]
+impl Heap {
+    /// Whether every lock an allocation may take (the mcentrals', the
+    /// mheap's; not the release lock) can be taken within `ms`: false if
+    /// the caller holds one, since these locks are held only for list and
+    /// bitmap operations by anybody else.
+    pub(crate) fn allocation_locks_free_within(&self, ms: u64) -> bool {
+        let sh = self.shared();
+        let deadline = os::now_ms() + ms;
+        let free = |lock: &crate::sync::RawLock| {
+            while !lock.try_lock() {
+                if os::now_ms() > deadline {
+                    return false;
+                }
+                core::hint::spin_loop();
+            }
+            // SAFETY: taken just above, by this thread.
+            unsafe { lock.unlock() };
+            true
+        };
+        sh.central[1..].iter().all(|c| free(c.lock_for_fork())) && free(sh.mheap.lock_for_fork())
     }
 }
 

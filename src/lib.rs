@@ -23,7 +23,9 @@
 //! - `mheap`: pages from 64 MiB arenas, first-fit over bitmaps, span
 //!   records off the user's memory, an O(1) pointer → span map; objects over
 //!   32 KiB are spans of their own; free pages go back to the OS after a
-//!   decay, or at once with [`release`].
+//!   decay ([`set_release_decay_ms`]), from a background thread while the
+//!   program idles ([`set_background_release`]), or at once with
+//!   [`release`].
 //! - `mspan`: a span's objects, with lock-free frees from other threads.
 //! - [`Heap`]: mheap + mcentrals as a value; the global allocator is one
 //!   static `Heap`.
@@ -60,6 +62,8 @@ pub mod profile;
 #[doc(hidden)]
 pub mod raw;
 mod report;
+#[cfg(not(loom))]
+mod scavenger;
 pub mod sizeclass;
 pub mod stack;
 mod stats;
@@ -68,7 +72,36 @@ mod sync;
 mod thread;
 
 #[cfg(not(loom))]
-pub use global::{SpanAlloc, release, stats};
+pub use global::{SpanAlloc, release, set_background_release, stats};
+#[cfg(not(loom))]
+pub use scavenger::{release_decay_ms, set_release_decay_ms};
+
+/// Hooks for the whole-allocator tests in `tests/release_hooks.rs` (the
+/// `test-hooks` feature). Not API.
+#[cfg(all(feature = "test-hooks", not(loom)))]
+#[doc(hidden)]
+pub mod test_hooks {
+    /// Makes the allocator see kernel pages of `size` bytes (a power of two
+    /// at least the real page; 0 undoes it): each release then behaves as
+    /// `madvise` on such a kernel. Set it before the memory under test is
+    /// allocated.
+    pub fn pretend_page_size(size: usize) {
+        crate::os::hooks::pretend_page_size(size);
+    }
+
+    /// Has `f(address, length)` called before each release of memory to
+    /// the OS, on whichever thread releases; where it says false, the
+    /// release fails as if the kernel refused. `f` must not allocate.
+    pub fn set_release_hook(f: Option<fn(usize, usize) -> bool>) {
+        crate::os::hooks::set_release_hook(f);
+    }
+
+    /// Whether every lock of the global heap that an allocation may take
+    /// can be taken within `ms` (false when the caller holds one).
+    pub fn allocation_locks_free_within(ms: u64) -> bool {
+        crate::thread::HEAP.allocation_locks_free_within(ms)
+    }
+}
 
 /// Internals the loom models in `loom-tests/` check directly. Not API.
 #[cfg(loom)]
@@ -86,4 +119,4 @@ pub mod loom_api {
 }
 pub use heap::Heap;
 pub use mcache::MCache;
-pub use stats::{ClassStats, StackStats, Stats};
+pub use stats::{ClassStats, ReleaseStats, StackStats, Stats};

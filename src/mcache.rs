@@ -860,6 +860,7 @@ impl CacheCore {
         let (remote, _) = meta.remote_bit(addr);
         if span.free_remote(addr, alloc, remote, bit) {
             heap.shared().central[class].notify(&heap.shared().mheap, span);
+            heap.note_central_free();
         }
         host.stats().classes[class].frees.bump(1);
         self.count_slow_free(host);

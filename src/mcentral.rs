@@ -301,31 +301,39 @@ impl MCentral {
     }
 
     /// Merges the remote frees of every listed span and gives every empty
-    /// span back to the mheap (scavenger ticks and `release()`).
-    pub(crate) fn release_empty(&self, mheap: &MHeap) {
+    /// span back to the mheap (scavenger ticks and `release()`). Returns
+    /// the remote frees merged plus the spans given back: 0 when nothing
+    /// came back here since the last call.
+    pub(crate) fn release_empty(&self, mheap: &MHeap) -> usize {
         let mut lists = self.lists.lock();
         self.drain(&mut lists, mheap);
+        let mut found = 0;
         let mut at = lists.partial.head;
         // SAFETY: listed spans are live records owned by the lock holder.
         while let Some(span) = unsafe { at.as_ref() } {
             at = span.with_owned(|o, _| o.next);
-            merge(span, false);
+            found += merge(span, false) as usize;
             if span.all_free() {
                 lists.partial.remove(span);
-                if !retire(mheap, span) {
+                if retire(mheap, span) {
+                    found += 1;
+                } else {
                     lists.empty.push(span, ListId::Empty);
                 }
             }
         }
         let mut kept = SpanList::new();
         while let Some(span) = lists.empty.pop() {
-            if !retire(mheap, span) {
+            if retire(mheap, span) {
+                found += 1;
+            } else {
                 kept.push(span, ListId::Empty);
             }
         }
         while let Some(span) = kept.pop() {
             lists.empty.push(span, ListId::Empty);
         }
+        found
     }
 
     /// Runs `f` on every span on the lists, with the list it is on, under
@@ -396,12 +404,12 @@ fn claim(span: &Span, tag: u32) {
 }
 
 /// Merges a span's remote frees (see [`Span::collect`]).
-fn merge(span: &Span, sync: bool) {
+fn merge(span: &Span, sync: bool) -> u32 {
     let Some(meta) = arena::meta_of(span.base) else {
         crate::report::invalid_free(span.base);
     };
     let (alloc, remote) = meta.span_words(span.base, span.npages);
-    span.collect(alloc, remote, sync);
+    span.collect(alloc, remote, sync)
 }
 
 /// Gives an empty span (flags `CENTRAL`, on no list) back to the mheap;

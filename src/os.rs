@@ -2,12 +2,26 @@
 //!
 //! The rest of the allocator reads as pure logic over address ranges; this
 //! module turns its requests into `mmap`, `munmap`, `mremap`, `madvise`,
-//! `mprotect`, `futex`, `clock_gettime` and `write` calls. Failures come back
-//! as `None` / `false` / an errno, never as a panic: the caller turns them
-//! into a null allocation or a stack error.
+//! `mprotect`, `futex`, `clock_gettime`, `write` and `pthread_create`
+//! calls. Failures come back as `None` / `false` / an errno, never as a
+//! panic: the caller turns them into a null allocation or a
+//! stack error.
 //!
 //! Nothing here allocates, and everything may be called from any thread
-//! (the stderr writer is also async-signal-safe).
+//! (the stderr writer is also async-signal-safe). The one exception is
+//! [`spawn_thread`]: glibc's `pthread_create` allocates the new thread's
+//! TLS vector with `calloc` (see there).
+//!
+//! # The kernel's page size
+//!
+//! Runtime pages are 8 KiB; the kernel's may be 4, 16 or 64 KiB.
+//! [`release_pages`] behaves as `madvise(MADV_DONTNEED)` does on such a
+//! kernel: a start that is not on a kernel page fails with `EINVAL`, and a
+//! length is rounded up to whole kernel pages, which the kernel zeroes. The
+//! unit tests make the allocator see a larger page than this machine's
+//! ([`pretend_page_size`]): then `release_pages` enforces the larger
+//! granularity on top of the real kernel's, which is exactly what such a
+//! kernel would do with the same calls.
 
 use core::ptr;
 
@@ -30,6 +44,20 @@ const MADV_GUARD_REMOVE: libc::c_int = 103;
 /// computed" state for a thread to wait on, and none that a `fork` (or a
 /// signal handler interrupting the first call) could find half done.
 pub(crate) fn page_size() -> usize {
+    #[cfg(all(test, not(loom)))]
+    {
+        let pretended = PRETENDED_PAGE.with(|p| p.get());
+        if pretended != 0 {
+            return pretended;
+        }
+    }
+    #[cfg(all(feature = "test-hooks", not(loom)))]
+    {
+        let pretended = hooks::PAGE.load(Ordering::Relaxed);
+        if pretended != 0 {
+            return pretended;
+        }
+    }
     static PAGE: AtomicUsize = AtomicUsize::new(0);
     let cached = PAGE.load(Ordering::Relaxed);
     if cached != 0 {
@@ -94,14 +122,104 @@ pub(crate) fn grow_in_place(addr: *mut u8, old_len: usize, new_len: usize) -> bo
 }
 
 /// Gives the pages of a range back to the kernel: they read as zero
-/// afterwards and no longer count towards the resident set.
+/// afterwards and no longer count towards the resident set. Where the
+/// result matters (memory then counted as zeroed), use [`release_pages`].
 pub(crate) fn release(addr: *mut u8, len: usize) {
+    let _ = release_pages(addr, len);
+}
+
+/// `madvise(MADV_DONTNEED)` over `[addr, addr + len)`, as the kernel does
+/// it: `addr` must be on a kernel page ([`page_size`]), else `EINVAL` and
+/// nothing happens; `len` is rounded up to whole kernel pages, all of which
+/// read as zero afterwards. So the caller must own every byte up to the
+/// next kernel page boundary after `addr + len`.
+pub(crate) fn release_pages(addr: *mut u8, len: usize) -> Result<(), i32> {
     if len == 0 {
-        return;
+        return Ok(());
     }
-    // SAFETY: callers pass ranges of their own that hold no live data.
-    unsafe {
-        libc::madvise(addr.cast(), len, libc::MADV_DONTNEED);
+    let page = page_size();
+    if !(addr as usize).is_multiple_of(page) {
+        return Err(libc::EINVAL);
+    }
+    let Some(len) = len.checked_next_multiple_of(page) else {
+        return Err(libc::EINVAL);
+    };
+    #[cfg(all(test, not(loom)))]
+    if let Some(f) = RELEASE_HOOK.with(|h| h.get())
+        && !f(addr as usize, len)
+    {
+        return Err(libc::EAGAIN);
+    }
+    #[cfg(all(feature = "test-hooks", not(loom)))]
+    if !hooks::allow(addr as usize, len) {
+        return Err(libc::EAGAIN);
+    }
+    // SAFETY: callers pass ranges of their own that hold no live data, up
+    // to the next kernel page boundary.
+    let rc = unsafe { libc::madvise(addr.cast(), len, libc::MADV_DONTNEED) };
+    if rc == 0 { Ok(()) } else { Err(errno()) }
+}
+
+/// A test's look at each release (see [`set_release_hook`]).
+#[cfg(all(test, not(loom)))]
+type ReleaseHook = fn(usize, usize) -> bool;
+
+#[cfg(all(test, not(loom)))]
+std::thread_local! {
+    /// A page size this thread's calls see instead of the kernel's (0: none).
+    static PRETENDED_PAGE: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+    /// Called with each range [`release_pages`] is about to release; false
+    /// makes the call fail as if the kernel refused.
+    static RELEASE_HOOK: core::cell::Cell<Option<ReleaseHook>> = const { core::cell::Cell::new(None) };
+}
+
+/// Makes [`page_size`] (and so [`release_pages`]) on the calling thread
+/// answer `size` (a power of two at least the real page size; 0 undoes
+/// it), as on a kernel with larger pages. Tests only.
+#[cfg(all(test, not(loom)))]
+pub(crate) fn pretend_page_size(size: usize) {
+    PRETENDED_PAGE.with(|p| p.set(size));
+}
+
+/// Has `f` called with every range the calling thread is about to release
+/// (`None` removes it); where `f` says false, the release fails with
+/// `EAGAIN` instead. Tests only.
+#[cfg(all(test, not(loom)))]
+pub(crate) fn set_release_hook(f: Option<ReleaseHook>) {
+    RELEASE_HOOK.with(|h| h.set(f));
+}
+
+/// The same two hooks, process-wide, for whole-allocator tests (the
+/// `test-hooks` feature; `spanalloc::test_hooks`): the background releaser
+/// releases on a thread of its own.
+#[cfg(all(feature = "test-hooks", not(loom)))]
+pub(crate) mod hooks {
+    use core::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The page size every thread sees (0: the kernel's).
+    pub(crate) static PAGE: AtomicUsize = AtomicUsize::new(0);
+    /// A `fn(usize, usize) -> bool` called before each release (0: none).
+    pub(crate) static RELEASE: AtomicUsize = AtomicUsize::new(0);
+
+    pub(super) fn allow(addr: usize, len: usize) -> bool {
+        let f = RELEASE.load(Ordering::Acquire);
+        if f == 0 {
+            return true;
+        }
+        // SAFETY: only `set_release_hook` stores here, a `fn(usize, usize) -> bool`.
+        let f: fn(usize, usize) -> bool = unsafe { core::mem::transmute(f) };
+        f(addr, len)
+    }
+
+    /// Makes [`super::page_size`] answer `size` on every thread (0 undoes it).
+    pub(crate) fn pretend_page_size(size: usize) {
+        PAGE.store(size, Ordering::Relaxed);
+    }
+
+    /// Has `f` called before every release on any thread; where it says
+    /// false, the release fails as if the kernel refused.
+    pub(crate) fn set_release_hook(f: Option<fn(usize, usize) -> bool>) {
+        RELEASE.store(f.map_or(0, |f| f as usize), Ordering::Release);
     }
 }
 
@@ -200,6 +318,84 @@ pub(crate) fn futex_wake_one(word: &AtomicU32) {
     // SAFETY: FUTEX_WAKE only reads the address as a key.
     unsafe {
         libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, 1);
+    }
+}
+
+/// Sleeps while `*word == expected`, at most `ms` milliseconds (or until
+/// woken or interrupted).
+#[cfg(not(loom))]
+pub(crate) fn futex_wait_ms(word: &AtomicU32, expected: u32, ms: u64) {
+    let timeout = libc::timespec { tv_sec: (ms / 1000) as libc::time_t, tv_nsec: ((ms % 1000) * 1_000_000) as _ };
+    // SAFETY: as for `futex_wait`; the timeout is a valid relative time.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            &timeout as *const libc::timespec,
+        );
+    }
+}
+
+/// Starts a detached thread that runs `entry(arg)` on a stack of `size`
+/// bytes mapped here, with a guard page below it and every signal blocked
+/// (no signal handler ever runs on it). Returns the stack's mapping
+/// (address, length), for a forked child to unmap, or `None` when the
+/// kernel or the C library refuses.
+///
+/// glibc's `pthread_create` places the new thread's descriptor and static
+/// TLS at the top of the given stack, and allocates its TLS vector (a few
+/// hundred bytes) with `calloc`. Under a Rust program's global allocator
+/// that is the C library's malloc; under `libspanalloc.so` it is
+/// spanalloc's, entered again from inside it, which the C layer serves from
+/// its emergency region without the core. The caller must hold no
+/// spanalloc lock (glibc takes its own locks inside).
+#[cfg(not(loom))]
+pub(crate) fn spawn_thread(
+    entry: extern "C" fn(*mut libc::c_void) -> *mut libc::c_void,
+    arg: *mut libc::c_void,
+    size: usize,
+) -> Option<(usize, usize)> {
+    let page = page_size();
+    let size = size.next_multiple_of(page);
+    let base = map(size + page)?;
+    no_huge_pages(base, size + page);
+    let _ = guard(base, page);
+    // SAFETY: the attribute object, the signal sets and the thread id are
+    // locals; the stack is a fresh mapping of ours that nothing else uses.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = core::mem::zeroed();
+        if libc::pthread_attr_init(&mut attr) != 0 {
+            unmap(base, size + page);
+            return None;
+        }
+        let mut ok = libc::pthread_attr_setstack(&mut attr, base.add(page).cast(), size) == 0
+            && libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED) == 0;
+        if ok {
+            let mut all: libc::sigset_t = core::mem::zeroed();
+            let mut old: libc::sigset_t = core::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+            let mut tid: libc::pthread_t = 0;
+            ok = libc::pthread_create(&mut tid, &attr, entry, arg) == 0;
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut());
+        }
+        libc::pthread_attr_destroy(&mut attr);
+        if !ok {
+            unmap(base, size + page);
+            return None;
+        }
+    }
+    Some((base as usize, size + page))
+}
+
+/// Names the calling thread (`name`: at most 15 bytes and a NUL).
+#[cfg(not(loom))]
+pub(crate) fn set_thread_name(name: &core::ffi::CStr) {
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, name.as_ptr());
     }
 }
 

@@ -99,6 +99,33 @@ pub struct StackStats {
     pub created: u64,
 }
 
+/// What the scavenger gave back to the OS, and how it is set (see the
+/// README's memory section).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReleaseStats {
+    /// Bytes of free heap pages given back to the OS, ever (by the decay,
+    /// the background releaser and `release()`). Pages reused and released
+    /// again count again.
+    pub released_bytes: u64,
+    /// The part of `released_bytes` the background releaser gave back.
+    pub background_bytes: u64,
+    /// Bytes of metadata given back, ever: page tables, object bitmaps and
+    /// span records that described only free pages.
+    pub metadata_bytes: u64,
+    /// Release batches run (each a few `madvise` calls over a few MiB).
+    pub batches: u64,
+    /// `madvise` calls the kernel refused (their pages stayed as they were).
+    pub failures: u64,
+    /// Milliseconds since memory was last given back, if ever.
+    pub since_last_ms: Option<u64>,
+    /// The decay: free memory goes back after staying free about this long
+    /// (`spanalloc::set_release_decay_ms`).
+    pub decay_ms: u64,
+    /// Whether a background thread releases this heap's memory while the
+    /// program idles (`spanalloc::set_background_release`).
+    pub background: bool,
+}
+
 /// A snapshot of the allocator, like Go's `runtime.MemStats`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stats {
@@ -135,6 +162,8 @@ pub struct Stats {
     pub by_class: [ClassStats; NUM_CLASSES],
     /// Coroutine stacks.
     pub stacks: StackStats,
+    /// What went back to the OS.
+    pub release: ReleaseStats,
 }
 
 impl Default for Stats {
@@ -158,6 +187,7 @@ impl Default for Stats {
             large_bytes: 0,
             by_class,
             stacks: StackStats::default(),
+            release: ReleaseStats::default(),
         }
     }
 }
@@ -207,6 +237,23 @@ impl fmt::Display for Stats {
         writeln!(f, "  in caches    {:>12}", Bytes(self.cached))?;
         writeln!(f, "  idle         {:>12}", Bytes(self.heap_idle))?;
         writeln!(f, "  released     {:>12}", Bytes(self.heap_released))?;
+        let r = &self.release;
+        write!(
+            f,
+            "  given back   {:>12} ever, {} by the background, {} of metadata; {} batches",
+            Bytes(r.released_bytes),
+            Bytes(r.background_bytes),
+            Bytes(r.metadata_bytes),
+            r.batches
+        )?;
+        if r.failures > 0 {
+            write!(f, ", {} refused", r.failures)?;
+        }
+        match r.since_last_ms {
+            Some(ms) => write!(f, "; last {ms} ms ago")?,
+            None => write!(f, "; never")?,
+        }
+        writeln!(f, " (decay {} ms, background {})", r.decay_ms, if r.background { "on" } else { "off" })?;
         writeln!(f, "  heap sys     {:>12}", Bytes(self.heap_sys))?;
         writeln!(f, "  metadata     {:>12}", Bytes(self.metadata))?;
         writeln!(f, "  mallocs      {:>12}   frees {}", self.mallocs, self.frees)?;

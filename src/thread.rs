@@ -49,7 +49,23 @@ use crate::sync::Mutex;
 use crate::sync::unmodelled::{AtomicU32, AtomicUsize, Ordering};
 
 /// The heap behind [`crate::SpanAlloc`].
-pub(crate) static HEAP: Heap = Heap::new();
+pub(crate) static HEAP: Heap = Heap::with_background(&BACKGROUND);
+
+/// The global heap's background releaser (see `scavenger`), started only
+/// from a thread that holds neither the fallback cache's lock nor the
+/// profile cache's: a free under either (a thread-exit destructor's, say)
+/// must not create a thread, whose creation may wait for a lock of the C
+/// library that its holder holds while it waits for ours.
+static BACKGROUND: crate::heap::Background = crate::scavenger::background(|| {
+    [FALLBACK.raw(), PROFILED.raw()].iter().all(|lock| {
+        let free = lock.try_lock();
+        if free {
+            // SAFETY: taken just above, by this thread.
+            unsafe { lock.unlock() };
+        }
+        free
+    })
+});
 
 /// One thread's object cache and its counters.
 struct ThreadCache {
@@ -430,13 +446,16 @@ fn register_thread(tc: &ThreadCache) {
 
 /// The process's set-up at load time, before any thread can race it: the
 /// thread-exit key, the fork handlers, and what the `SPANALLOC` variable
-/// asks for (see `profile::env`): the profile's rate now, and a profile or
-/// the statistics written at exit.
+/// asks for (see `profile::env`): the profile's rate and the release decay
+/// now, and a profile or the statistics written at exit.
 extern "C" fn at_load() {
     process_hooks();
     profile::set_rearm_hook(|| with_cache(|c, _| c.refresh_sampler()));
     profile::apply_env();
     let config = profile::env::config();
+    if let Some(ms) = config.decay_ms {
+        crate::scavenger::set_release_decay_ms(ms);
+    }
     if config.stats_at_exit || config.profile_path().is_some() {
         // SAFETY: a plain function valid for the whole process.
         unsafe { libc::atexit(at_exit) };
@@ -583,6 +602,8 @@ extern "C" fn fork_parent() {
 }
 
 extern "C" fn fork_child() {
+    // The background releaser is not in the child: it restarts lazily.
+    crate::scavenger::after_fork_child();
     fork_done();
 }
 
@@ -597,6 +618,17 @@ fn fork_done() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_releaser_is_never_started_under_the_fallback_or_profile_cache_lock() {
+        assert!((BACKGROUND.may_start)());
+        for lock in [&FALLBACK, &PROFILED] {
+            let held = lock.lock();
+            assert!(!(BACKGROUND.may_start)(), "may start while a cache lock is held");
+            drop(held);
+        }
+        assert!((BACKGROUND.may_start)());
+    }
 
     #[test]
     fn a_child_forked_during_another_process_set_up_does_it_again_instead_of_waiting() {

@@ -16,6 +16,7 @@ const LEVELS: &[&str] = &[
     "raw",        // the C entry points' core
     "stack",      // coroutine stacks (registers thread hooks)
     "thread",     // the calling thread's cache, exit and fork
+    "scavenger",  // the global heap's background releaser
     "audit",      // whole-heap consistency checks
     "mcache",     // per-thread small objects
     "largecache", // per-thread large spans

@@ -55,6 +55,12 @@ static A: spanalloc_core::SpanAlloc = spanalloc_core::SpanAlloc;
 /// before this one runs.
 extern "C" fn at_load() {
     foreign::init();
+    // No background releaser here: the C library calls malloc and free
+    // while it holds locks of its own that thread creation takes (the stack
+    // cache's, when a thread exits or is joined; the loader's), so the core
+    // must never create its thread from inside a call. Free memory goes
+    // back on the allocator's slow paths and at malloc_trim instead.
+    spanalloc_core::set_background_release(false);
     // The core registers its fork handlers (which take every heap lock) on
     // its first allocation; ours, registered after them, run around them:
     // prepare handlers run in reverse order of registration, the others in

@@ -46,6 +46,24 @@ pub fn printed(out: &Output, marker: &str) -> String {
         .to_string()
 }
 
+/// Runs `case` in a child (as [`run_child`]), asserts that it succeeded,
+/// and returns a reader of the `key=number` fields of its line that starts
+/// with `marker` (the line is echoed to stderr for a failure's message).
+pub fn child_fields(var: &str, case: &str, marker: &str) -> impl Fn(&str) -> u64 {
+    let out = run_child(var, case);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{case}: the child failed: {}\n{stderr}", String::from_utf8_lossy(&out.stdout));
+    let line = printed(&out, marker);
+    eprintln!("{case}: {line}");
+    move |key: &str| {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+            .unwrap_or_else(|| panic!("no {key} in {line}"))
+            .parse()
+            .unwrap_or_else(|_| panic!("{key} in {line}"))
+    }
+}
+
 /// Asserts that the child aborted with a report on stderr, a line starting
 /// with `prefix`, and returns that line.
 pub fn abort_report(case: &str, out: &Output, prefix: &str) -> String {
