@@ -189,7 +189,9 @@ fn kick(heap: &'static Heap, busy: bool) -> bool {
             true
         }
         NOT_STARTED => {
-            (wanted(heap) || busy && big_enough(heap)) && heap.background().is_some_and(|b| (b.may_start)()) && start(heap)
+            (wanted(heap) || busy && big_enough(heap))
+                && heap.background().is_some_and(|b| (b.may_start)())
+                && start(heap)
         }
         _ => false,
     }
