@@ -516,16 +516,37 @@ impl CacheCore {
     /// `free(addr)` with no size: the page tag names the class.
     #[inline(always)]
     pub(crate) fn free_unsized<H: Host>(&mut self, host: &H, addr: usize) {
+        if !self.free_unsized_fast(host, addr) {
+            self.free_unsized_slow(host, addr)
+        }
+    }
+
+    /// The fast path of [`CacheCore::free_unsized`]: pushes `addr` if it is
+    /// an allocated object of a span this cache holds and its class's
+    /// stack has room. False (nothing done) otherwise: no system call and
+    /// no lock either way.
+    #[inline(always)]
+    pub(crate) fn free_unsized_fast<H: Host>(&mut self, host: &H, addr: usize) -> bool {
+        if !arena::small_object_in_arena(addr) {
+            return false;
+        }
+        // SAFETY: in an arena.
+        let meta = unsafe { arena::meta_unchecked(addr) };
+        let tag = meta.tag_at(addr);
+        let class = arena::tag_class(tag);
+        // SAFETY: classes are below NUM_CLASSES.
+        let b = unsafe { self.bins.get_unchecked(class) };
+        tag == b.tag && !b.is_full() && self.push_allocated(host, class, meta, addr)
+    }
+
+    /// The rest of an unsized free: a small object of another owner (or a
+    /// full stack, or misuse), a large object, or a foreign pointer.
+    #[cold]
+    #[inline(never)]
+    fn free_unsized_slow<H: Host>(&mut self, host: &H, addr: usize) {
         if arena::small_object_in_arena(addr) {
             // SAFETY: in an arena.
-            let meta = unsafe { arena::meta_unchecked(addr) };
-            let tag = meta.tag_at(addr);
-            let class = arena::tag_class(tag);
-            // SAFETY: classes are below NUM_CLASSES.
-            let b = unsafe { self.bins.get_unchecked(class) };
-            if tag == b.tag && !b.is_full() && self.push_allocated(host, class, meta, addr) {
-                return;
-            }
+            let class = arena::tag_class(unsafe { arena::meta_unchecked(addr) }.tag_at(addr));
             if class != 0 {
                 return self.dealloc_slow(host, class, addr);
             }

@@ -87,6 +87,21 @@ pub unsafe fn free(p: *mut u8) {
     c.free_unsized(&h, p as usize)
 }
 
+/// The fast path of [`free`] alone: frees `p` and returns true if it is an
+/// allocated small object of a span the calling thread's cache holds and
+/// the cache has room for it; else does nothing and returns false (then
+/// [`free`] does the rest). It makes no system call and takes no lock, so
+/// a caller that must keep `errno` need not save it around this.
+///
+/// # Safety
+/// As for [`free`].
+#[inline]
+pub unsafe fn free_fast(p: *mut u8) -> bool {
+    // SAFETY: one operation on this thread's cache.
+    let (c, h) = unsafe { thread::current() };
+    c.free_unsized_fast(&h, p as usize)
+}
+
 /// `free_sized(p, size)` / `free_aligned_sized(p, align, size)`: as
 /// [`free`], for a caller that states the size and alignment it allocated
 /// with. The object must be able to hold that size, at that alignment (a

@@ -10,7 +10,8 @@
 //! - Failure is NULL with `errno = ENOMEM` (sizes beyond `PTRDIFF_MAX`, an
 //!   overflowing `calloc`/`reallocarray`/`pvalloc` product included).
 //! - `free` keeps `errno` as it found it (the core may `munmap` or
-//!   `madvise` on its slow path).
+//!   `madvise` on its slow path; its fast path makes no system call, so
+//!   errno is saved only when a free leaves it).
 //! - `malloc(0)`, `calloc(0, n)` and `realloc(NULL, 0)` return a unique
 //!   object; `realloc(p, 0)` frees `p` and returns NULL, as glibc does.
 //! - Alignment: 16 bytes for every request of 16 or more, 8 below; the
@@ -91,6 +92,27 @@ unsafe fn free_body(p: *mut c_void) {
     if p.is_null() {
         return;
     }
+    // The core's fast path first: it makes no system call, so errno needs
+    // no saving around it.
+    if !nested::enter() {
+        // SAFETY: the caller's contract (the core reports misuse).
+        let done = unsafe { raw::free_fast(p.cast()) };
+        nested::leave();
+        if done {
+            return;
+        }
+    } else {
+        nested::leave();
+    }
+    // SAFETY: the caller's contract.
+    unsafe { free_slow(p) }
+}
+
+/// The rest of a free: another thread's object, a full stack, a large or
+/// foreign object, a nested call, misuse.
+#[cold]
+#[inline(never)]
+unsafe fn free_slow(p: *mut c_void) {
     let e = errno();
     // SAFETY: the thread's errno, saved and restored around the free.
     unsafe {
