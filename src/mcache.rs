@@ -1001,6 +1001,40 @@ impl CacheCore {
         }
     }
 
+    /// A busy class holds more spans with free objects than its budget:
+    /// spans it took back from the mcentral as it freed objects of a peak,
+    /// which still hold other threads' unmerged frees and so never look
+    /// wholly free to it. Its stack goes back into its spans, and the
+    /// spans beyond the budget go to the mcentral, which merges their
+    /// remote frees, lends them to any cache and gives the empty ones to
+    /// the mheap.
+    fn shed_partial(&mut self, heap: &Heap, class: usize) {
+        let len = self.bin_len(class);
+        if len > 0 {
+            self.return_objects(heap, class, len);
+        }
+        let keep = hold_budget(class);
+        let sp = &mut self.spans[class];
+        let mut at = sp.partial;
+        for _ in 0..keep {
+            // SAFETY: listed spans are live and ours.
+            match unsafe { at.as_ref() } {
+                Some(span) => at = span.with_owned(|o, _| o.next),
+                None => return,
+            }
+        }
+        let mut excess: *mut Span = ptr::null_mut();
+        // SAFETY: as above.
+        while let Some(span) = unsafe { at.as_ref() } {
+            at = span.with_owned(|o, _| o.next);
+            span.unlink(&mut sp.partial);
+            sp.npartial -= 1;
+            span.link_front(&mut excess, ListId::None);
+        }
+        self.owned_pages -= count_pages(excess);
+        heap.shared().central[class].uncache_list(&heap.shared().mheap, excess, self.bins[class].tag);
+    }
+
     /// Empties the stack of `class` into its spans and gives every span of
     /// the class back to the mcentral.
     fn give_back_class(&mut self, heap: &Heap, class: usize) {
@@ -1089,8 +1123,9 @@ impl CacheCore {
     /// for nothing: every class but `keep` that neither refilled nor
     /// flushed since the last trim empties its stack into its spans and
     /// gives them all back; busy classes give back their used-up spans when
-    /// their stack is empty. So a thread that freed a peak lets the heap
-    /// return it to the OS, while a busy thread keeps what it uses.
+    /// their stack is empty, and the spans beyond their budget. So a thread
+    /// that freed a peak lets the heap return it to the OS, while a busy
+    /// thread keeps what it uses.
     #[cold]
     fn trim(&mut self, heap: &Heap, keep: usize) {
         self.large.trim(heap);
@@ -1105,8 +1140,11 @@ impl CacheCore {
             if !sp.busy && class != keep {
                 self.give_back_class(heap, class);
             } else {
+                if sp.npartial > hold_budget(class) && class != keep {
+                    self.shed_partial(heap, class);
+                }
                 self.spans[class].busy = false;
-                if sp.nfull > 0 && self.bins[class].is_empty() {
+                if self.spans[class].nfull > 0 && self.bins[class].is_empty() {
                     self.give_back_full(heap, class);
                 }
             }

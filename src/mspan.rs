@@ -188,6 +188,8 @@ pub(crate) struct Span {
     /// Large spans: the object is a heap-profile sample (its free drops
     /// the record; it never enters a large-object cache).
     pub(crate) sampled: bool,
+    /// Small spans: the object carving starts from (see `carve`).
+    colour: u16,
     /// Free bitmap storage (`words` words, owner view; read only through
     /// `owned`). Bit `i` set: object `i` is free in the span.
     free_bits: *mut u64,
@@ -294,6 +296,7 @@ impl Span {
                 bucket: bucket as u8,
                 needzero: false,
                 sampled: false,
+                colour: 0,
                 owned: UnsafeCell::new(Owned {
                     nfree: 0,
                     prev: ptr::null_mut(),
@@ -321,6 +324,7 @@ impl Span {
         self.elem_size = info.size;
         self.div_magic = info.div_magic;
         self.nelems = info.nelems;
+        self.colour = Span::colour_of(base, info.nelems);
         self.class = class as u8;
         self.kind = SpanKind::Small;
         self.needzero = false;
@@ -454,14 +458,13 @@ impl Span {
     /// handed out its first object first, the objects a program uses most
     /// in each size class would all sit at the same page offset, in the
     /// same few sets of a set-associative cache, and evict each other.
-    #[inline]
-    fn colour(&self) -> usize {
-        let h = ((self.base >> 13) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40;
-        (h % self.nelems.max(1) as u64) as usize
+    fn colour_of(base: usize, nelems: u32) -> u16 {
+        let h = ((base >> 13) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40;
+        (h % nelems.max(1) as u64) as u16
     }
 
     /// Takes up to `max` free objects, in address order from the span's
-    /// colour (see `colour`) round to the objects below it, and writes
+    /// colour (see `colour_of`) round to the objects below it, and writes
     /// their addresses to `dst` so that the first is written last:
     /// `dst[n - 1]`, `dst[n - 2]`, ... (a stack popped from its top then
     /// hands them out in that order). Returns `n`.
@@ -470,7 +473,7 @@ impl Span {
     /// `dst` must be valid for `max` writes.
     pub(crate) unsafe fn carve(&self, max: usize, dst: *mut usize) -> usize {
         let (base, size) = (self.base, self.elem_size as usize);
-        let start = self.colour();
+        let start = self.colour as usize;
         self.with_owned(|o, bits| {
             let n = max.min(o.nfree as usize);
             let mut left = n;
@@ -770,7 +773,7 @@ mod tests {
     fn carve_hands_out_objects_from_the_colour_round_and_first_written_last() {
         let mut rec = Record([0; 512]);
         let s = span_of_class(6, &mut rec); // 64 B, 128 objects
-        let c = s.colour();
+        let c = s.colour as usize;
         let at = |i: usize| 0x10000 + (i % 128) * 64;
         let mut out = [0usize; 70];
         assert_eq!(unsafe { s.carve(70, out.as_mut_ptr()) }, 70);
@@ -795,8 +798,9 @@ mod tests {
         for page in 0..64usize {
             let mut rec = Record([0; 512]);
             let s = span_of_class(6, &mut rec);
-            s.base = 0x10000 + page * 8192;
-            seen.insert(s.colour());
+            // SAFETY: the record is the test's own.
+            unsafe { s.init_small(0x10000 + page * 8192, 6) };
+            seen.insert(s.colour);
         }
         assert!(seen.len() > 32, "64 spans got only {} colours", seen.len());
     }

@@ -100,6 +100,43 @@ fn peak(total: usize, seed: u64) -> Vec<(usize, usize)> {
     v
 }
 
+/// Blocks of 64 B – 64 KiB (log-uniform), `total` bytes in all, written.
+fn peak_mixed(total: usize, seed: u64) -> Vec<(usize, usize)> {
+    let mut rng = Rng::new(seed);
+    let mut v = Vec::new();
+    let mut got = 0;
+    while got < total {
+        let e = 6 + rng.below(10);
+        let size = (1usize << e) + rng.below(1 << e) as usize;
+        let l = Layout::from_size_align(size, 8).unwrap();
+        // SAFETY: a non-zero layout.
+        let p = unsafe { A.alloc(l) };
+        assert!(!p.is_null());
+        // SAFETY: `size` bytes of ours.
+        unsafe { p.write_bytes(seed as u8 | 1, size) };
+        v.push((p as usize, size));
+        got += size;
+    }
+    v
+}
+
+/// Frees the blocks in the order they were allocated.
+fn free_in_order(v: Vec<(usize, usize)>) {
+    for &(p, size) in &v {
+        // SAFETY: allocated with this layout.
+        unsafe { A.dealloc(p as *mut u8, Layout::from_size_align(size, 8).unwrap()) };
+    }
+}
+
+/// Blocks: (address, size).
+type Blocks = Vec<(usize, usize)>;
+
+/// Every other block: two halves whose blocks share spans.
+fn halves(v: Blocks) -> (Blocks, Blocks) {
+    let (a, b): (Vec<_>, Vec<_>) = v.into_iter().enumerate().partition(|(i, _)| i % 2 == 0);
+    (a.into_iter().map(|(_, x)| x).collect(), b.into_iter().map(|(_, x)| x).collect())
+}
+
 /// Frees the blocks in shuffled order.
 fn free_shuffled(mut v: Vec<(usize, usize)>, seed: u64) {
     let mut rng = Rng::new(seed);
@@ -134,6 +171,42 @@ fn idle() {
     let (after, ms) = wait_rss(one_tenth_above(before, top), 5);
     let during = CALLS.load(Ordering::SeqCst) - calls;
     println!("\nidle before={before} peak={top} after={after} ms={ms} calls={during}");
+}
+
+/// Two threads allocate 384 MiB each (64 B – 64 KiB) and swap every other
+/// block, so that each frees
+/// its own objects (taking back the spans it gave the mcentral) while the
+/// other frees into the same spans; the helper exits and this thread goes
+/// on allocating small objects, as a program that goes on working: the
+/// spans it took back, with the other thread's frees unmerged in them,
+/// must not stay in its cache.
+fn swapped() {
+    let before = settle();
+    let (to_main, from_helper) = mpsc::channel::<Vec<(usize, usize)>>();
+    let (to_helper, from_main) = mpsc::channel::<Vec<(usize, usize)>>();
+    let helper = std::thread::spawn(move || {
+        let (mine, theirs) = halves(peak_mixed(384 << 20, 3));
+        to_main.send(theirs).unwrap();
+        let given = from_main.recv().unwrap();
+        free_in_order(mine);
+        free_in_order(given);
+    });
+    let (mine, theirs) = halves(peak_mixed(384 << 20, 6));
+    let top = rss_kib();
+    to_helper.send(theirs).unwrap();
+    let given = from_helper.recv().unwrap();
+    free_in_order(mine);
+    free_in_order(given);
+    helper.join().unwrap();
+    // 1.5 s of work: three decays.
+    let start = std::time::Instant::now();
+    while start.elapsed().as_millis() < 1500 {
+        let v: Vec<Box<[u8]>> = (0..2000).map(|i| vec![1u8; 16 + i % 3000].into_boxed_slice()).collect();
+        drop(v);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let after = rss_kib();
+    println!("\nswapped before={before} peak={top} after={after} ms={}", start.elapsed().as_millis());
 }
 
 /// A producer allocates 256 MiB of 1 KiB objects, hands them over and
@@ -259,6 +332,7 @@ fn child_entry() {
     let Ok(case) = std::env::var(CASE_VAR) else { return };
     match case.as_str() {
         "idle" => idle(),
+        "swapped" => swapped(),
         "parked_release" => parked(true),
         "parked_idle" => parked(false),
         "fork" => fork(),
@@ -284,6 +358,18 @@ fn an_idle_program_gives_a_freed_peak_back_without_calling_the_allocator() {
     assert!(
         after <= one_tenth_above(before, peak),
         "RSS {after} KiB after idling {} ms; {before} KiB before the peak of {peak} KiB",
+        f("ms")
+    );
+}
+
+#[test]
+fn a_busy_thread_does_not_keep_spans_it_took_back_with_another_threads_frees_in_them() {
+    let f = fields("swapped", "swapped ");
+    let (before, peak, after) = (f("before"), f("peak"), f("after"));
+    assert!(peak > before + (300 << 10), "the peak was not reached: {before} -> {peak} KiB");
+    assert!(
+        after <= before + (peak - before) / 20,
+        "RSS {after} KiB after {} ms of small allocations; {before} KiB before the peak of {peak} KiB",
         f("ms")
     );
 }
