@@ -264,3 +264,23 @@ fn other_faults_go_to_the_previous_handler() {
     assert_eq!(out.status.signal(), Some(libc::SIGSEGV), "{stderr}");
     assert!(!stderr.contains("spanalloc"), "{stderr}");
 }
+
+#[test]
+fn a_heap_profile_sample_taken_on_a_coroutine_stack_has_its_call_stack() {
+    spanalloc::profile::set_rate(1);
+    // A sample on the thread's own stack first, so that the walk knows
+    // the thread's bounds when the coroutine runs.
+    let warm = std::hint::black_box(vec![1u8; 5000]);
+    let mut c = Coroutine::with_stack(Stack::new(64 << 10).unwrap(), |_: &corosensei::Yielder<(), ()>, ()| {
+        (0..100).map(|i| vec![i as u8 | 1; 2688].into_boxed_slice()).collect::<Vec<_>>()
+    });
+    let CoroutineResult::Return(kept) = c.resume(()) else { panic!("the coroutine yielded") };
+    let p = spanalloc::profile::snapshot();
+    spanalloc::profile::set_rate(0);
+    // The 100 objects (and the vector) were allocated on the coroutine's
+    // stack: at rate 1 each is a sample, and each sample has its stack.
+    let with_frames: u64 = p.records.iter().filter(|r| !r.frames.is_empty()).map(|r| r.inuse_objects).sum();
+    let without: u64 = p.records.iter().filter(|r| r.frames.is_empty()).map(|r| r.inuse_objects).sum();
+    assert!(with_frames >= 100, "{with_frames} live samples with a call stack, {without} without");
+    drop((kept, warm));
+}

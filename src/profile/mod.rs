@@ -166,6 +166,40 @@ impl Drop for Guard {
     }
 }
 
+/// Finds the spanalloc stack (a coroutine's) holding an address: set by
+/// `stack` when a thread first uses one; 0 until then.
+static STACK_LOOKUP: AtomicUsize = AtomicUsize::new(0);
+
+/// Lets the stack walk find the bounds of the coroutine stack it runs on.
+pub(crate) fn set_stack_lookup(f: fn(usize) -> Option<(usize, usize)>) {
+    STACK_LOOKUP.store(f as usize, Ordering::Release);
+}
+
+/// The bounds of the stack the caller runs on: its thread's, or the
+/// spanalloc coroutine stack holding its stack pointer. The thread's are
+/// looked up (and kept) only from the thread's own stack, never from a
+/// coroutine's.
+#[inline(never)]
+pub fn current_bounds() -> StackBounds {
+    let here = 0u8;
+    let sp = core::hint::black_box(&here) as *const u8 as usize;
+    if let Some(t) = THREAD.with(|t| t.bounds.get())
+        && t.contains(sp)
+    {
+        return t;
+    }
+    let f = STACK_LOOKUP.load(Ordering::Acquire);
+    if f != 0 {
+        // SAFETY: only `set_stack_lookup` stores here, a function of this
+        // type.
+        let f: fn(usize) -> Option<(usize, usize)> = unsafe { core::mem::transmute(f) };
+        if let Some((low, high)) = f(sp) {
+            return StackBounds { low, high };
+        }
+    }
+    current_thread_bounds()
+}
+
 /// The calling thread's stack bounds, looked up on the first call and
 /// kept in a thread-local ([`StackBounds::EMPTY`] if they cannot be
 /// found).
@@ -186,8 +220,8 @@ pub fn current_thread_bounds() -> StackBounds {
 /// Inlined, so the first frame is the call site in the function that
 /// calls `record` (exact whatever the build flags; the frames above it
 /// need frame pointers); `skip` drops that many frames from the start.
-/// `bounds` is the stack the caller runs on; `None` means the thread's own
-/// (a coroutine must pass its stack's, or it gets no frames). Takes the
+/// `bounds` is the stack the caller runs on; `None` means the one that
+/// holds its stack pointer: its thread's, or a spanalloc coroutine stack. Takes the
 /// table lock; never allocates. Does nothing inside the profiler.
 #[doc(hidden)]
 #[inline(always)]
@@ -195,7 +229,7 @@ pub fn record(sample: Sample, addr: usize, skip: usize, bounds: Option<StackBoun
     if in_profiler() {
         return;
     }
-    let bounds = bounds.unwrap_or_else(current_thread_bounds);
+    let bounds = bounds.unwrap_or_else(current_bounds);
     let mut frames = [0usize; MAX_DEPTH];
     let n = walk(bounds, skip, &mut frames);
     record_frames(sample, addr, &frames[..n]);

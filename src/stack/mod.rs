@@ -377,6 +377,7 @@ fn with_stack_cache<R>(f: impl FnOnce(&mut StackCache) -> R) -> R {
 fn thread_setup(st: &StackThread) {
     register_hooks();
     overflow::install();
+    crate::profile::set_stack_lookup(overflow::stack_at);
     st.altstack.set(overflow::ensure_altstack());
     crate::thread::register_current();
     st.ready.set(true);

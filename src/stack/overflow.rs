@@ -224,6 +224,22 @@ pub(crate) fn guard_hit(addr: usize) -> Option<(usize, usize)> {
     None
 }
 
+/// If `addr` lies in the usable part of a registered stack, that stack's
+/// range (lowest, highest): the heap profile's stack walk on a coroutine.
+/// Lock-free, like [`guard_hit`].
+pub(crate) fn stack_at(addr: usize) -> Option<(usize, usize)> {
+    let used = USED.load(Ordering::Acquire).min(REGIONS);
+    for e in &TABLE[..used] {
+        let Some(s) = read_entry(e) else { continue };
+        if s.len == 0 || s.stride == 0 || addr < s.base || addr - s.base >= s.len {
+            continue;
+        }
+        let low = s.base + (addr - s.base) / s.stride * s.stride + s.guard;
+        return (addr >= low && addr - low < s.stack).then_some((low, low + s.stack));
+    }
+    None
+}
+
 // ---------------------------------------------------------------------------
 // The handler.
 
