@@ -510,7 +510,7 @@ const PEERS: [(&str, &[&str]); 4] = [
     ("glibc", &[]),
     ("mimalloc", &["/usr/lib/x86_64-linux-gnu/libmimalloc.so.2"]),
     ("jemalloc", &["/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"]),
-    ("snmalloc", &["/work/bench-build/sn/libsnmallocshim.so"]),
+    ("snmalloc", &[]), // SNMALLOC_SO
 ];
 
 fn run(case: &str, peer: Option<(&str, &str)>) -> Option<String> {
@@ -543,14 +543,18 @@ fn figures() {
         std::env::var("FIGURES_PEERS").unwrap_or_else(|_| "spanalloc glibc mimalloc jemalloc snmalloc".into());
     for case in &cases {
         for who in peers_wanted.split_whitespace() {
+            // snmalloc's shim is built locally: SNMALLOC_SO names it.
+            let snmalloc = std::env::var("SNMALLOC_SO").unwrap_or_default();
+            let snmalloc_paths = [snmalloc.as_str()];
             let peer = if who == "spanalloc" {
                 None
             } else {
                 let Some((name, paths)) = PEERS.iter().find(|(n, _)| *n == who) else { continue };
+                let paths: &[&str] = if *name == "snmalloc" { &snmalloc_paths } else { paths };
                 if case == "latency" {
                     continue;
                 }
-                match paths.iter().find(|p| std::path::Path::new(p).exists()) {
+                match paths.iter().find(|p| !p.is_empty() && std::path::Path::new(p).exists()) {
                     Some(p) => Some((*name, *p)),
                     None if paths.is_empty() => Some((*name, "")),
                     None => {
