@@ -204,40 +204,36 @@ fn read_entry(e: &Region) -> Option<Snapshot> {
     None
 }
 
-/// If `addr` lies in the guard of a registered stack, that stack's usable
-/// range (lowest, highest). Async-signal-safe: atomic loads only, no
-/// division by anything that can be zero.
-pub(crate) fn guard_hit(addr: usize) -> Option<(usize, usize)> {
+/// The registered slot holding `addr`: its start and what its entry says.
+/// Async-signal-safe: atomic loads only, no division by anything that can
+/// be zero.
+fn slot_of(addr: usize) -> Option<(usize, Snapshot)> {
     let used = USED.load(Ordering::Acquire).min(REGIONS);
     for e in &TABLE[..used] {
         let Some(s) = read_entry(e) else { continue };
         if s.len == 0 || s.stride == 0 || addr < s.base || addr - s.base >= s.len {
             continue;
         }
-        let slot = s.base + (addr - s.base) / s.stride * s.stride;
-        if addr - slot < s.guard {
-            let low = slot + s.guard;
-            return Some((low, low + s.stack));
-        }
-        return None;
+        return Some((s.base + (addr - s.base) / s.stride * s.stride, s));
     }
     None
 }
 
+/// If `addr` lies in the guard of a registered stack, that stack's usable
+/// range (lowest, highest). Async-signal-safe, as [`slot_of`].
+pub(crate) fn guard_hit(addr: usize) -> Option<(usize, usize)> {
+    let (slot, s) = slot_of(addr)?;
+    let low = slot + s.guard;
+    (addr - slot < s.guard).then_some((low, low + s.stack))
+}
+
 /// If `addr` lies in the usable part of a registered stack, that stack's
 /// range (lowest, highest): the heap profile's stack walk on a coroutine.
-/// Lock-free, like [`guard_hit`].
+/// Lock-free, as [`slot_of`].
 pub(crate) fn stack_at(addr: usize) -> Option<(usize, usize)> {
-    let used = USED.load(Ordering::Acquire).min(REGIONS);
-    for e in &TABLE[..used] {
-        let Some(s) = read_entry(e) else { continue };
-        if s.len == 0 || s.stride == 0 || addr < s.base || addr - s.base >= s.len {
-            continue;
-        }
-        let low = s.base + (addr - s.base) / s.stride * s.stride + s.guard;
-        return (addr >= low && addr - low < s.stack).then_some((low, low + s.stack));
-    }
-    None
+    let (slot, s) = slot_of(addr)?;
+    let low = slot + s.guard;
+    (addr >= low && addr - low < s.stack).then_some((low, low + s.stack))
 }
 
 // ---------------------------------------------------------------------------
