@@ -83,31 +83,25 @@ fn wait_rss(limit: u64, secs: u64) -> (u64, u128) {
 
 /// Blocks of 4–64 KiB, `total` bytes in all, every page written.
 fn peak(total: usize, seed: u64) -> Vec<(usize, usize)> {
-    let mut rng = Rng::new(seed);
-    let mut v = Vec::with_capacity(total / 4096);
-    let mut got = 0;
-    while got < total {
-        let size = 4096 + rng.below(60 << 10) as usize;
-        let l = Layout::from_size_align(size, 8).unwrap();
-        // SAFETY: a non-zero layout.
-        let p = unsafe { A.alloc(l) };
-        assert!(!p.is_null());
-        // SAFETY: `size` bytes of ours.
-        unsafe { p.write_bytes(seed as u8 | 1, size) };
-        v.push((p as usize, size));
-        got += size;
-    }
-    v
+    blocks(total, seed, |rng| 4096 + rng.below(60 << 10) as usize)
 }
 
 /// Blocks of 64 B – 64 KiB (log-uniform), `total` bytes in all, written.
 fn peak_mixed(total: usize, seed: u64) -> Vec<(usize, usize)> {
+    blocks(total, seed, |rng| {
+        let e = 6 + rng.below(10);
+        (1usize << e) + rng.below(1 << e) as usize
+    })
+}
+
+/// Blocks of the sizes `size` draws, `total` bytes in all, every byte
+/// written.
+fn blocks(total: usize, seed: u64, mut size: impl FnMut(&mut Rng) -> usize) -> Vec<(usize, usize)> {
     let mut rng = Rng::new(seed);
     let mut v = Vec::new();
     let mut got = 0;
     while got < total {
-        let e = 6 + rng.below(10);
-        let size = (1usize << e) + rng.below(1 << e) as usize;
+        let size = size(&mut rng);
         let l = Layout::from_size_align(size, 8).unwrap();
         // SAFETY: a non-zero layout.
         let p = unsafe { A.alloc(l) };
