@@ -299,17 +299,7 @@ pub(crate) fn errno() -> i32 {
 /// Sleeps while `*word == expected` (or until woken or interrupted).
 #[cfg(not(loom))]
 pub(crate) fn futex_wait(word: &AtomicU32, expected: u32) {
-    // SAFETY: FUTEX_WAIT reads the word atomically and sleeps; the pointer
-    // is valid for the duration of the call.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            expected,
-            ptr::null::<libc::timespec>(),
-        );
-    }
+    futex_wait_for(word, expected, ptr::null());
 }
 
 /// Wakes one thread sleeping in [`futex_wait`] on `word`.
@@ -326,15 +316,16 @@ pub(crate) fn futex_wake_one(word: &AtomicU32) {
 #[cfg(not(loom))]
 pub(crate) fn futex_wait_ms(word: &AtomicU32, expected: u32, ms: u64) {
     let timeout = libc::timespec { tv_sec: (ms / 1000) as libc::time_t, tv_nsec: ((ms % 1000) * 1_000_000) as _ };
-    // SAFETY: as for `futex_wait`; the timeout is a valid relative time.
+    futex_wait_for(word, expected, &timeout);
+}
+
+/// `FUTEX_WAIT` with a relative `timeout` (null: none).
+#[cfg(not(loom))]
+fn futex_wait_for(word: &AtomicU32, expected: u32, timeout: *const libc::timespec) {
+    // SAFETY: FUTEX_WAIT reads the word atomically and sleeps; the word and
+    // the timeout (if any) are valid for the duration of the call.
     unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            expected,
-            &timeout as *const libc::timespec,
-        );
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG, expected, timeout);
     }
 }
 

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::{Rng, printed, run_child};
+use support::{Rng, printed, rss_kib, run_child};
 
 mod support;
 
@@ -48,25 +48,6 @@ unsafe impl GlobalAlloc for Counting {
 static A: Counting = Counting;
 
 const CASE_VAR: &str = "SPANALLOC_RELEASE_CASE";
-
-/// Resident KiB, read without allocating (`/proc/self/statm`).
-fn rss_kib() -> u64 {
-    let mut buf = [0u8; 128];
-    // SAFETY: a NUL-terminated path; reads into a buffer of ours.
-    let n = unsafe {
-        let fd = libc::open(c"/proc/self/statm".as_ptr(), libc::O_RDONLY);
-        assert!(fd >= 0);
-        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
-        libc::close(fd);
-        n
-    };
-    assert!(n > 0);
-    let mut fields = buf[..n as usize].split(|&b| b == b' ');
-    let resident = fields.nth(1).unwrap();
-    let pages: u64 = resident.iter().fold(0, |v, &d| v * 10 + u64::from(d - b'0'));
-    // SAFETY: no preconditions.
-    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64 / 1024
-}
 
 /// Polls (every 50 ms, up to `secs`) until RSS is at most `limit` KiB,
 /// making no allocator call. Returns the last RSS and the milliseconds.

@@ -45,12 +45,11 @@
 static A: Chosen = Chosen;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use support::Rng;
+use support::{Rng, rss_kib};
 
 mod support;
 
@@ -138,24 +137,6 @@ fn purge() -> bool {
 
 // ---------------------------------------------------------------------------
 // Measuring.
-
-/// `VmRSS` in KiB, read into a stack buffer: no allocation, so measuring
-/// an idle program does not wake its allocator.
-fn rss_kib() -> u64 {
-    let mut buf = [0u8; 4096];
-    let mut len = 0;
-    let mut f = std::fs::File::open("/proc/self/status").expect("/proc/self/status");
-    while len < buf.len() {
-        match f.read(&mut buf[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => panic!("read /proc/self/status: {e}"),
-        }
-    }
-    let line = buf[..len].split(|&b| b == b'\n').find(|l| l.starts_with(b"VmRSS:")).expect("VmRSS");
-    line.iter().filter(|b| b.is_ascii_digit()).fold(0, |n, &d| n * 10 + u64::from(d - b'0'))
-}
 
 fn layout(size: usize) -> Layout {
     Layout::from_size_align(size, 8).unwrap()

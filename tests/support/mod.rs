@@ -7,14 +7,24 @@
 
 use std::process::{Command, Output};
 
-/// `VmRSS` of this process, in KiB.
+/// The resident set of this process, in KiB, read from `/proc/self/statm`
+/// into a stack buffer: no allocation, so measuring an idle program does
+/// not wake its allocator.
 pub fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/self/status")
+    let mut buf = [0u8; 128];
+    // SAFETY: a NUL-terminated path; reads into a buffer of ours.
+    let n = unsafe {
+        let fd = libc::open(c"/proc/self/statm".as_ptr(), libc::O_RDONLY);
+        assert!(fd >= 0, "/proc/self/statm");
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        n
+    };
+    assert!(n > 0, "/proc/self/statm");
+    let resident = buf[..n as usize].split(|&b| b == b' ').nth(1).expect("statm's resident field");
+    let pages: u64 = resident.iter().fold(0, |v, &d| v * 10 + u64::from(d - b'0'));
+    // SAFETY: no preconditions.
+    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64 / 1024
 }
 
 /// Runs this test binary's `child_entry` test in a child process, with
