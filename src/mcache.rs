@@ -141,6 +141,14 @@ fn hold_budget(class: usize) -> usize {
     ((1 << 20) / span).clamp(2, 128)
 }
 
+/// Pages of spans a cache owns (its current spans, and those it holds
+/// with live or free objects) above which its used-up spans, and spans
+/// whose objects are all free, go back to the mcentral whatever their
+/// class's budget: 8 MiB. A thread that used many classes and then stops
+/// allocating keeps at most about this much, not 1 MiB per class, where
+/// other threads' frees cannot be reused or released while it sleeps.
+const OWNED_PAGES_SOFT: usize = (8 << 20) / PAGE_SIZE;
+
 /// One class's stack of free objects, and its heap-profile countdown:
 /// 32 bytes (a shift to index).
 #[repr(C)]
@@ -405,15 +413,12 @@ impl CacheCore {
         // SAFETY: as above, the object is in an arena.
         let meta = unsafe { arena::meta_unchecked(addr) };
         let (word, n) = meta.alloc_word(addr);
-        // The remote word is read before the alloc word is written: it lies
-        // a multiple of 4 KiB beyond, and a load that follows a store to
-        // the same page offset waits for it (4K aliasing).
-        let remote = meta.remote_word(addr).load(Ordering::Relaxed);
+        // No look at the remote word: the free that pushed the object saw
+        // its remote bit clear, and another thread's free of it since is a
+        // double free that the merge of its span catches. (The remote
+        // words are where other threads write: a load here would fetch
+        // their cache line on every allocation a consumer frees.)
         word.store(word.load(Ordering::Relaxed) | 1 << n, Ordering::Relaxed);
-        if (remote >> n) & 1 != 0 {
-            // Freed by another thread before its owner freed it again.
-            report::double_free(addr, CLASSES[class].size as usize);
-        }
         // SAFETY: classes are below NUM_CLASSES.
         unsafe { host.stats().classes.get_unchecked(class) }.mallocs.bump(1);
         addr as *mut u8
@@ -450,17 +455,21 @@ impl CacheCore {
 
     /// The end of a fast free, once the object is known to be in a span
     /// this cache holds for `class` and its stack has room: if the object
-    /// is allocated, clears its `alloc` bit and pushes it. False (and
-    /// nothing changed) if it is not allocated.
+    /// is allocated and no other thread freed it, clears its `alloc` bit
+    /// and pushes it. False (and nothing changed) otherwise: the slow path
+    /// reports which misuse it is.
     #[inline(always)]
     fn push_allocated<H: Host>(&mut self, host: &H, class: usize, meta: &ArenaMeta, addr: usize) -> bool {
         let (word, n) = meta.alloc_word(addr);
+        // The remote word is read before the alloc word is written: it lies
+        // a multiple of 4 KiB beyond, and a load that follows a store to
+        // the same page offset waits for it (4K aliasing).
+        let remote = meta.remote_word(addr).load(Ordering::Relaxed);
         let w = word.load(Ordering::Relaxed);
-        let cleared = w & !(1 << n);
-        if cleared == w {
+        if ((w & !remote) >> n) & 1 == 0 {
             return false;
         }
-        word.store(cleared, Ordering::Relaxed);
+        word.store(w & !(1 << n), Ordering::Relaxed);
         // SAFETY: classes are below NUM_CLASSES.
         let b = unsafe { self.bins.get_unchecked_mut(class) };
         // SAFETY: the caller checked that the stack is not full.
@@ -801,7 +810,8 @@ impl CacheCore {
         let sp = &mut self.spans[class];
         span.link_front(&mut sp.full, ListId::CacheFull);
         sp.nfull += 1;
-        if sp.nfull + sp.npartial > hold_budget(class) && !self.keep_spans {
+        let over = sp.nfull + sp.npartial > hold_budget(class) || self.owned_pages > OWNED_PAGES_SOFT;
+        if over && !self.keep_spans {
             self.give_back_full(heap, class);
         }
     }
@@ -862,9 +872,10 @@ impl CacheCore {
         if alloc.load(Ordering::Acquire) & bit == 0 {
             not_allocated(heap, addr, class);
         }
+        let (remote, _) = meta.remote_bit(addr);
         let mine = self.bins[class].tag;
         if tag == mine {
-            return self.free_mine(host, class, addr, alloc, bit);
+            return self.free_mine(host, class, addr, alloc, remote, bit);
         }
         if meta.heap_id != heap.shared().mheap.id.load(Ordering::Relaxed) {
             report::wrong_heap(addr);
@@ -876,9 +887,8 @@ impl CacheCore {
         // SAFETY: the page's tag names a live small span, so its entry does.
         let span = unsafe { &*meta.span_at(addr) };
         if tag == central_tag(mine) && self.adopt(heap, class, span) {
-            return self.free_mine(host, class, addr, alloc, bit);
+            return self.free_mine(host, class, addr, alloc, remote, bit);
         }
-        let (remote, _) = meta.remote_bit(addr);
         if span.free_remote(addr, alloc, remote, bit) {
             heap.shared().central[class].notify(&heap.shared().mheap, span);
             heap.note_central_free();
@@ -888,8 +898,20 @@ impl CacheCore {
     }
 
     /// Frees an allocated object of a span this cache owns onto the stack
-    /// of `class`, flushing half of a full stack first.
-    fn free_mine<H: Host>(&mut self, host: &H, class: usize, addr: usize, alloc: &AtomicU64, bit: u64) {
+    /// of `class`, flushing half of a full stack first; a double free if
+    /// another thread freed it already.
+    fn free_mine<H: Host>(
+        &mut self,
+        host: &H,
+        class: usize,
+        addr: usize,
+        alloc: &AtomicU64,
+        remote: &AtomicU64,
+        bit: u64,
+    ) {
+        if remote.load(Ordering::Relaxed) & bit != 0 {
+            report::double_free(addr, CLASSES[class].size as usize);
+        }
         alloc.store(alloc.load(Ordering::Relaxed) & !bit, Ordering::Relaxed);
         if self.bins[class].is_full() {
             self.flush_bin(host.heap(), class);
@@ -973,14 +995,14 @@ impl CacheCore {
     /// After objects came back to `span` (null: none): a used-up span has
     /// free objects again; a wholly free one other than the current span
     /// goes on `empty`, to be given back, if the class holds more spans
-    /// than its budget.
+    /// than its budget or the cache more pages than `OWNED_PAGES_SOFT`.
     fn settle(&mut self, class: usize, span: *const Span, empty: &mut *mut Span) {
         // SAFETY: a span the cache owns.
         let Some(span) = (unsafe { span.as_ref() }) else {
             return;
         };
         let sp = &mut self.spans[class];
-        let over = sp.nfull + sp.npartial > hold_budget(class);
+        let over = sp.nfull + sp.npartial > hold_budget(class) || self.owned_pages > OWNED_PAGES_SOFT;
         match span.with_owned(|o, _| o.list) {
             ListId::CacheFull => {
                 span.unlink(&mut sp.full);
@@ -1340,6 +1362,8 @@ pub(crate) use slot_arrays::lock_for_fork as slot_lock_for_fork;
 
 #[cfg(all(test, not(loom)))]
 mod tests {
+    use core::alloc::Layout;
+
     use super::*;
 
     /// Runs `n` allocations of `size` bytes through the countdown at
@@ -1371,6 +1395,38 @@ mod tests {
         }
         assert_eq!(samples(1000, 64, 1), 1000, "rate 1 samples everything");
         assert_eq!(samples(1000, 64, 0), 0, "rate 0 samples nothing");
+    }
+
+    #[test]
+    fn a_cache_that_freed_a_peak_of_many_classes_keeps_no_more_than_its_page_limit() {
+        let heap = Heap::new();
+        let mut cache = heap.cache();
+        let classes: Vec<usize> = (1..NUM_CLASSES).filter(|&c| CLASSES[c].size >= 4096).collect();
+        let span_bytes = |c: usize| CLASSES[c].pages as usize * PAGE_SIZE;
+        // What may stay besides the limit: per class its current span and
+        // the spans of the objects its stack holds.
+        let slack: usize = classes.iter().map(|&c| span_bytes(c) * (1 + stack_cap(c))).sum();
+        let budgets: usize = classes.iter().map(|&c| span_bytes(c) * hold_budget(c)).sum();
+        assert!(budgets > OWNED_PAGES_SOFT * PAGE_SIZE + slack, "the classes' budgets alone stay under the limit");
+        let mut live = Vec::new();
+        for &c in &classes {
+            let l = Layout::from_size_align(CLASSES[c].size as usize, 8).unwrap();
+            for _ in 0..(2 << 20) / CLASSES[c].size as usize {
+                let p = cache.alloc(l);
+                assert!(!p.is_null());
+                live.push((p, l));
+            }
+        }
+        // Freed class by class, most recent first.
+        for (p, l) in live.into_iter().rev() {
+            unsafe { cache.dealloc(p, l) };
+        }
+        let owned = cache.core.owned_pages * PAGE_SIZE;
+        assert!(
+            owned <= OWNED_PAGES_SOFT * PAGE_SIZE + slack,
+            "the cache still owns {owned} bytes of spans (limit {} + {slack})",
+            OWNED_PAGES_SOFT * PAGE_SIZE
+        );
     }
 }
 
