@@ -56,7 +56,6 @@ fn within(got: u64, want: f64, tolerance: f64) -> bool {
 fn rate_one_is_exact_across_threads_and_frees_bring_live_samples_back() {
     let _s = serial();
     profile::set_rate(1);
-    let live_before = profile::live_samples();
     let (a, b) = (site(1), site(2));
     let (n, m, k) = (2000usize, 700usize, 1500usize);
     let base_a = 0x10_0000_0000usize;
@@ -89,7 +88,11 @@ fn rate_one_is_exact_across_threads_and_frees_bring_live_samples_back() {
     for i in 0..m {
         assert!(profile::unrecord(base_b + (i << 20)));
     }
-    assert_eq!(profile::live_samples(), live_before);
+    // None of them is live any more. (The live count of the whole table is
+    // no measure: at rate 1 the test harness's own allocations on other
+    // threads are samples too, freed whenever it frees them.)
+    assert!((0..n).all(|i| !profile::unrecord(base_a + i * 32)));
+    assert!((0..m).all(|i| !profile::unrecord(base_b + (i << 20))));
     let p = profile::snapshot();
     assert_eq!(record(&p, &a).inuse_bytes + record(&p, &b).inuse_bytes, 0);
     profile::set_rate(0);
