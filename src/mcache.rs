@@ -22,18 +22,19 @@
 //!
 //! - **free**: the object's page tag is this cache's tag for the class
 //!   (this cache owns the span, and the layout names the right class), and
-//!   its `alloc` bit is set (it is allocated: not free already). Then it
-//!   clears the bit and pushes. A plain load and store: the cache is the
+//!   its `alloc` bit is set (it is allocated: not free already) and its
+//!   `remote` bit clear (no other thread freed it first). Then it clears
+//!   the `alloc` bit and pushes. A plain load and store: the cache is the
 //!   bit's only writer.
-//! - **alloc**: sets the popped object's `alloc` bit, and checks that its
-//!   `remote` bit is clear: another thread's free of the object, before the
-//!   owner freed it too, is caught before the object is handed out twice.
+//! - **alloc**: sets the popped object's `alloc` bit. It reads nothing that
+//!   other threads write, so a consumer's frees into the remote words of
+//!   the producer's spans cost the producer nothing until it merges them.
 //!
 //! No lock, no atomic read-modify-write, no load from the span record.
 //!
 //! # The slow paths
 //!
-//! - **refill** (stack empty): carve up to half a stack of free objects
+//! - **refill** (stack empty): carve up to 16 KiB of free objects
 //!   from the current span's bitmap; else merge the frees other threads
 //!   made into it; else the span is used up: it goes on the cache's list of
 //!   full spans, handed to the mcentral a few at a time (remote frees into
@@ -60,7 +61,7 @@
 //! to its own span, so producer / consumer programs stay bounded and
 //! threads never end up sharing cache lines they did not ask to share.
 //! What a cache may hold is bounded: per class a stack of at most
-//! [`stack_cap`] objects (32 KiB of objects, 4 to 256), a current span, and
+//! [`stack_cap`] objects (64 KiB of objects, 4 to 1024), a current span, and
 //! other spans (with free objects, used up, or wholly free) up to the
 //! class's hold budget (`hold_budget`: 1 MiB of spans, 2 to 128).
 
@@ -86,21 +87,39 @@ use crate::sync::unmodelled::Ordering;
 // ---------------------------------------------------------------------------
 // Stack geometry.
 
-/// Objects the stack of `class` holds at most: 32 KiB of objects, at least
-/// 4 and at most 256 (under loom: 2, so models reach full stacks).
+/// Objects the stack of `class` holds at most: 64 KiB of objects, at least
+/// 4 and at most 1024 (under loom: 2, so models reach full stacks). A
+/// program that allocates and then frees a thousand small objects at a
+/// time keeps them all on the stack, with no trip through their spans.
 pub(crate) const fn stack_cap(class: usize) -> usize {
     if cfg!(loom) {
         return 2;
     }
+    objects_in(class, 64 << 10, 1024)
+}
+
+/// Objects a refill of the empty stack of `class` carves: half of 32 KiB
+/// of objects, 2 to 128 (under loom: 1), so a class a thread allocates a
+/// few objects of takes little.
+const fn refill_objects(class: usize) -> usize {
+    if cfg!(loom) {
+        return 1;
+    }
+    objects_in(class, 32 << 10, 256).div_ceil(2)
+}
+
+/// How many objects of `class` fit in `bytes`, clamped to 4..=`max` (0 for
+/// class 0).
+const fn objects_in(class: usize, bytes: usize, max: usize) -> usize {
     let size = CLASSES_CONST[class].size as usize;
     if size == 0 {
         return 0;
     }
-    let n = (32 << 10) / size;
+    let n = bytes / size;
     if n < 4 {
         4
-    } else if n > 256 {
-        256
+    } else if n > max {
+        max
     } else {
         n
     }
@@ -125,7 +144,7 @@ const SLOTS: usize = SLOT_OFFSETS[NUM_CLASSES];
 const SLOT_BYTES: usize = (SLOTS * 8).next_multiple_of(4096);
 
 // The 16-bit bound compare needs every stack under 64 KiB.
-static_assertions::const_assert!(256 * 8 < 1 << 16);
+static_assertions::const_assert!(1024 * 8 < 1 << 16);
 
 /// Spans of `class` a cache holds besides its current one (used up, or
 /// with free objects, or wholly free) before it gives some back: 1 MiB of
@@ -764,7 +783,7 @@ impl CacheCore {
     /// Returns false when the heap is out of memory.
     fn refill(&mut self, heap: &Heap, class: usize) -> bool {
         debug_assert!(self.bins[class].is_empty());
-        let want = stack_cap(class).div_ceil(2);
+        let want = refill_objects(class);
         let base = self.bin_base(class);
         let sp = &mut self.spans[class];
         sp.busy = true;
