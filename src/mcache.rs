@@ -433,10 +433,10 @@ impl CacheCore {
         let meta = unsafe { arena::meta_unchecked(addr) };
         let (word, n) = meta.alloc_word(addr);
         // No look at the remote word: the free that pushed the object saw
-        // its remote bit clear, and another thread's free of it since is a
-        // double free that the merge of its span catches. (The remote
-        // words are where other threads write: a load here would fetch
-        // their cache line on every allocation a consumer frees.)
+        // its remote bit clear, and a free on another thread while it sat
+        // on the stack found its alloc bit clear. (The remote words are
+        // where other threads write: a load here would fetch their cache
+        // line on every allocation whose object a consumer freed before.)
         word.store(word.load(Ordering::Relaxed) | 1 << n, Ordering::Relaxed);
         // SAFETY: classes are below NUM_CLASSES.
         unsafe { host.stats().classes.get_unchecked(class) }.mallocs.bump(1);
