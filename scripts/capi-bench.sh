@@ -129,6 +129,7 @@ for item in "${all[@]}"; do
       res=$(measure "$a" "$cmd" "$name")
       echo "$name $a run $r: $res" >&2
       echo "$res" >>"$work/res.$name.$a"
+      if [ "$r" = 1 ]; then cp "$work/out" "$work/out.$name.$a"; fi
     done
   done
 done
@@ -168,6 +169,26 @@ done
 echo "$line - |"
 echo
 echo "Times are medians of $RUNS interleaved runs; for the time-limited larson, rptest, xmalloc-test and glibc-thread, the relative time bench.sh derives from their rates. Memory is the median peak RSS."
+
+# Outputs: spanalloc's first run of each program against glibc's, the
+# numbers masked except for the programs whose numbers are their result
+# (the others print times and rates).
+same=() differ=()
+for item in "${all[@]}"; do
+  name=${item#*:}
+  case $name in
+    cfrac | sqlite) norm() { cat "$1"; } ;;
+    *) norm() { sed -E 's/[0-9]+([.,:][0-9]+)*(e[-+]?[0-9]+)?/N/g' "$1"; } ;;
+  esac
+  if cmp -s <(norm "$work/out.$name.glibc") <(norm "$work/out.$name.spanalloc"); then
+    same+=("$name")
+  else
+    differ+=("$name")
+    diff <(norm "$work/out.$name.glibc") <(norm "$work/out.$name.spanalloc") | head -20 >&2 || true
+  fi
+done
+echo
+echo "Output as glibc's (numbers masked but for cfrac and sqlite): ${#same[@]} of $((${#same[@]} + ${#differ[@]}))${differ[*]:+; differs: ${differ[*]}}."
 
 # The security suite: a test is caught when the program dies (or hangs past
 # a second) before it prints NOT_CAUGHT.
