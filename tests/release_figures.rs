@@ -39,7 +39,9 @@
 //!   span of their own, so it needs spans from the mheap all the time)
 //!   while the main thread releases 1 GiB of free pages, first with
 //!   `release()`, then by the background release after a short decay; the
-//!   longest allocation in each phase, against a phase with no release.
+//!   longest allocation in each phase, against a phase with no release,
+//!   and how many took over 1 ms, and of those how many the kernel
+//!   preempted (rather than the thread sleeping on a lock).
 
 #[global_allocator]
 static A: Chosen = Chosen;
@@ -361,6 +363,19 @@ struct Prober {
     max_ns: Arc<[AtomicU64; 4]>,
     count: Arc<[AtomicU64; 4]>,
     over_ms: Arc<[AtomicU64; 4]>,
+    /// Per phase: allocations over 1 ms during which the kernel preempted
+    /// the thread (an involuntary context switch and no voluntary one, so
+    /// it did not sleep on a lock) in the window since the last reading.
+    preempted: Arc<[AtomicU64; 4]>,
+}
+
+/// The calling thread's voluntary and involuntary context switches so far.
+fn switches() -> (i64, i64) {
+    // SAFETY: an all-zero rusage is valid; getrusage fills it.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) };
+    (u.ru_nvcsw, u.ru_nivcsw)
 }
 
 fn probe(p: &Prober) {
@@ -369,9 +384,15 @@ fn probe(p: &Prober) {
     let mut ring: Vec<(usize, usize)> = Vec::with_capacity(RING);
     let mut at = 0;
     let mut i = 0usize;
+    let mut seen = switches();
     while !p.stop.load(Ordering::Relaxed) {
         let size = sizes[i % sizes.len()];
         i += 1;
+        // The context switches are read every 256 allocations and after a
+        // slow one: a window of well under a millisecond around it.
+        if i % 256 == 0 {
+            seen = switches();
+        }
         let t0 = Instant::now();
         // SAFETY: a non-zero layout.
         let q = unsafe { A.alloc(layout(size)) };
@@ -384,6 +405,11 @@ fn probe(p: &Prober) {
         p.count[ph].fetch_add(1, Ordering::Relaxed);
         if ns > 1_000_000 {
             p.over_ms[ph].fetch_add(1, Ordering::Relaxed);
+            let now = switches();
+            if now.0 == seen.0 && now.1 > seen.1 {
+                p.preempted[ph].fetch_add(1, Ordering::Relaxed);
+            }
+            seen = now;
         }
         if ring.len() < RING {
             ring.push((q as usize, size));
@@ -418,6 +444,7 @@ fn latency() -> String {
         max_ns: Arc::new(Default::default()),
         count: Arc::new(Default::default()),
         over_ms: Arc::new(Default::default()),
+        preempted: Arc::new(Default::default()),
     };
     let p2 = Prober {
         phase: prober.phase.clone(),
@@ -425,6 +452,7 @@ fn latency() -> String {
         max_ns: prober.max_ns.clone(),
         count: prober.count.clone(),
         over_ms: prober.over_ms.clone(),
+        preempted: prober.preempted.clone(),
     };
     let t = std::thread::spawn(move || probe(&p2));
     // Phase 0: no release.
@@ -452,16 +480,21 @@ fn latency() -> String {
     let f = |a: &Arc<[AtomicU64; 4]>, i: usize| a[i].load(Ordering::Relaxed);
     let us = |ns: u64| format!("{:.1}", ns as f64 / 1000.0);
     format!(
-        "idle_max_us={} idle_allocs={} release_ms={release_ms} release_max_us={} release_allocs={} release_over_1ms={} \
-         bg_ms={bg_ms} bg_max_us={} bg_allocs={} bg_over_1ms={}",
+        "idle_max_us={} idle_allocs={} idle_over_1ms={} idle_preempted={} release_ms={release_ms} release_max_us={} \
+         release_allocs={} release_over_1ms={} release_preempted={} bg_ms={bg_ms} bg_max_us={} bg_allocs={} \
+         bg_over_1ms={} bg_preempted={}",
         us(f(&prober.max_ns, 0)),
         f(&prober.count, 0),
+        f(&prober.over_ms, 0),
+        f(&prober.preempted, 0),
         us(f(&prober.max_ns, 1)),
         f(&prober.count, 1),
         f(&prober.over_ms, 1),
+        f(&prober.preempted, 1),
         us(f(&prober.max_ns, 2)),
         f(&prober.count, 2),
         f(&prober.over_ms, 2),
+        f(&prober.preempted, 2),
     )
 }
 
