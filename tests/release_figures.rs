@@ -390,7 +390,7 @@ fn probe(p: &Prober) {
         i += 1;
         // The context switches are read every 256 allocations and after a
         // slow one: a window of well under a millisecond around it.
-        if i % 256 == 0 {
+        if i.is_multiple_of(256) {
             seen = switches();
         }
         let t0 = Instant::now();
