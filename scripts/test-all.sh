@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test spanalloc has: unit and whole-allocator tests (tests/, and
-# capi/tests/ for libspanalloc.so), doc tests, real programs under the
+# capi/tests/ for libspanalloc.so), doc tests, the memory-return figures
+# (scripts/release-figures.sh, spanalloc alone), real programs under the
 # preload (scripts/capi-programs.sh), the loom models (loom-tests/) and the
 # proof that each model catches the fault it guards against
 # (scripts/loom-mutants.sh); and a build of the benchmark crate (benches/),
@@ -17,6 +18,8 @@ cargo test --all-features --doc
 scripts/profile-fp-tests.sh
 # libspanalloc.so (its one feature only shows the hazard its guard removes)
 cargo test -p spanalloc-c --all-targets
+echo "== memory back to the OS, as figures (printed, not asserted: tests/release.rs asserts)"
+FIGURES_PEERS=spanalloc scripts/release-figures.sh
 echo "== libspanalloc.so under real programs"
 scripts/capi-programs.sh
 echo "== loom models"
