@@ -829,10 +829,17 @@ impl CacheCore {
         let sp = &mut self.spans[class];
         span.link_front(&mut sp.full, ListId::CacheFull);
         sp.nfull += 1;
-        let over = sp.nfull + sp.npartial > hold_budget(class) || self.owned_pages > OWNED_PAGES_SOFT;
-        if over && !self.keep_spans {
+        if self.holds_too_much(class) && !self.keep_spans {
             self.give_back_full(heap, class);
         }
+    }
+
+    /// Whether the cache holds more spans of `class` than the class's
+    /// budget, or more pages of spans in all than `OWNED_PAGES_SOFT`: then
+    /// used-up and wholly free spans go back to the mcentral.
+    fn holds_too_much(&self, class: usize) -> bool {
+        let sp = &self.spans[class];
+        sp.nfull + sp.npartial > hold_budget(class) || self.owned_pages > OWNED_PAGES_SOFT
     }
 
     /// Hands the full spans of `class` to the mcentral (its stack holds
@@ -1013,15 +1020,15 @@ impl CacheCore {
 
     /// After objects came back to `span` (null: none): a used-up span has
     /// free objects again; a wholly free one other than the current span
-    /// goes on `empty`, to be given back, if the class holds more spans
-    /// than its budget or the cache more pages than `OWNED_PAGES_SOFT`.
+    /// goes on `empty`, to be given back, if the cache holds too much
+    /// (`holds_too_much`).
     fn settle(&mut self, class: usize, span: *const Span, empty: &mut *mut Span) {
         // SAFETY: a span the cache owns.
         let Some(span) = (unsafe { span.as_ref() }) else {
             return;
         };
+        let over = self.holds_too_much(class);
         let sp = &mut self.spans[class];
-        let over = sp.nfull + sp.npartial > hold_budget(class) || self.owned_pages > OWNED_PAGES_SOFT;
         match span.with_owned(|o, _| o.list) {
             ListId::CacheFull => {
                 span.unlink(&mut sp.full);
